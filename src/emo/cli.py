@@ -1,0 +1,71 @@
+"""`emo` command line: one subcommand per job, each living in its own module.
+
+A command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+It keeps heavy imports (torch, diffusers) inside ``run`` so ``emo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from emo.errors import EmoError
+
+# name -> module; add a line here when a command exists.
+COMMANDS: dict[str, str] = {
+    "bench": "emo.bench",
+}
+
+
+def add_subcommands(subparsers, table: dict[str, str]) -> None:
+    for name, module_name in table.items():
+        module = importlib.import_module(module_name)
+        parser = subparsers.add_parser(
+            name,
+            help=module.HELP,
+            description=(module.__doc__ or module.HELP).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(parser)
+        parser.set_defaults(_run=module.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emo",
+        description="EMO: one portrait + a speech or singing track -> a talking/singing portrait video.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    add_subcommands(subparsers, COMMANDS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except EmoError as exc:
+        print(f"emo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal bug: one line by default, the traceback on request
+        if os.environ.get("EMO_DEBUG"):
+            raise
+        print(f"emo: internal error: {type(exc).__name__}: {exc} (set EMO_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
