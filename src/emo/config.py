@@ -1,0 +1,75 @@
+"""Model presets: the full-size `sd15` network and a `tiny` one for CPU tests and smoke runs.
+
+A preset is a function returning a `ModelConfig`; every field is read when the network is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from emo.errors import EmoError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # UNet (backbone and ReferenceNet share these; SD1.5 values by default)
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    attention_blocks: tuple[bool, ...] = (True, True, True, False)  # down blocks with spatial attention
+    num_attention_heads: int = 8
+    norm_num_groups: int = 32
+    latent_channels: int = 4
+    # temporal modules (AnimateDiff v2)
+    temporal_heads: int = 8
+    temporal_max_len: int = 32  # motion + current frames per clip, at most
+    # audio: wav2vec2 features -> projector -> audio-attention
+    audio_layers: int = 13  # hidden states of the audio encoder (wav2vec2-base: 12 layers + embeddings)
+    audio_feature_dim: int = 768  # wav2vec2 hidden size
+    audio_window: int = 2  # m: frame f sees audio frames f-m..f+m (EMO paper)
+    audio_tokens: int = 32  # K tokens per frame
+    audio_hidden: int = 512  # projector MLP width
+    token_dim: int = 768  # width of audio and speed tokens (the cross-attention context width)
+    # speed encoder
+    speed_buckets: int = 9  # d (EMO paper)
+    max_speed: float = 2.0  # bucket centres over [0, max_speed] degrees/frame
+    speed_window: int = 2  # m for speeds
+    speed_hidden: int = 256
+    # face locator
+    face_locator_channels: tuple[int, ...] = (16, 32, 64, 128)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sd15() -> ModelConfig:
+    """The full-size EMO network around SD1.5 and wav2vec2-base (EMO.md §2)."""
+    return ModelConfig()
+
+
+def tiny() -> ModelConfig:
+    """A few-million-parameter network with the same structure, for CPU tests and smoke runs."""
+    return ModelConfig(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_blocks=(True, False),
+        num_attention_heads=4,
+        norm_num_groups=8,
+        temporal_heads=4,
+        audio_layers=3,
+        audio_feature_dim=32,
+        audio_tokens=4,
+        audio_hidden=64,
+        token_dim=64,
+        speed_hidden=32,
+        face_locator_channels=(8, 16, 16, 32),
+    )
+
+
+PRESETS = {"sd15": sd15, "tiny": tiny}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise EmoError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -1,0 +1,138 @@
+"""Attention layers with SD1.5 / diffusers parameter names (to_q, to_k, to_v, to_out.0, ff.net.*).
+
+Names match diffusers' `Attention`/`FeedForward` so SD1.5 and AnimateDiff state dicts load by name.
+All attention runs through `F.scaled_dot_product_attention` (flash / memory-efficient kernels where the
+device has them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters: a new pathway then starts as an exact no-op (STYLE: absorb 4)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class Attention(nn.Module):
+    """Multi-head attention; `context` defaults to the queries' own tokens (self-attention)."""
+
+    def __init__(self, query_dim: int, heads: int, context_dim: int | None = None, qkv_bias: bool = False):
+        super().__init__()
+        if query_dim % heads:
+            raise ValueError(f"query_dim {query_dim} is not divisible by heads {heads}")
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, query_dim, bias=qkv_bias)
+        self.to_k = nn.Linear(context_dim, query_dim, bias=qkv_bias)
+        self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
+        self.to_out = nn.ModuleList([nn.Linear(query_dim, query_dim), nn.Dropout(0.0)])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context  # (B, N, C), (B, M, Cc)
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.to_out[1](self.to_out[0](out))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward, `net.0.proj` / `net.2` as in diffusers."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class SpatialTransformerBlock(nn.Module):
+    """SD1.5's BasicTransformerBlock with EMO's two changes.
+
+    - attn1 is reference-attention: keys/values are the frame's own tokens concatenated with the
+      ReferenceNet's tokens of the same block (the AnimateAnyone form; with no reference it is SD1.5's
+      self-attention exactly).
+    - SD1.5's text cross-attention (attn2/norm2) is gone; audio-attention (`audio_attn`) follows
+      reference-attention (EMO paper Sec. 3.2: "after each ref-attention"): each frame's queries attend to
+      that frame's audio tokens. Its output projection starts at zero.
+
+    `name` is the block's path in the UNet; it keys the reference-feature dict shared by backbone and
+    ReferenceNet.
+    """
+
+    def __init__(self, name: str, dim: int, heads: int, audio_dim: int | None):
+        super().__init__()
+        self.name = name
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads)
+        if audio_dim:
+            self.norm_audio = nn.LayerNorm(dim)
+            self.audio_attn = Attention(dim, heads, context_dim=audio_dim)
+            zero_(self.audio_attn.to_out[0])
+        else:
+            self.audio_attn = None
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # ((B F), N, C)
+        num_frames: int,
+        reference: dict[str, torch.Tensor] | None,
+        audio_tokens: torch.Tensor | None,  # ((B F), K, Ca)
+        collect: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        h = self.norm1(x)
+        if collect is not None:
+            collect[self.name] = h
+        context = None
+        if reference is not None:
+            ref = reference[self.name]  # (B, N_ref, C): one reference per video, shared by its frames
+            ref = ref.repeat_interleave(num_frames, dim=0)
+            context = torch.cat([h, ref.to(h.dtype)], dim=1)
+        x = x + self.attn1(h, context)
+        if self.audio_attn is not None and audio_tokens is not None:
+            x = x + self.audio_attn(self.norm_audio(x), audio_tokens.to(x.dtype))
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """SD1.5's Transformer2DModel (conv proj_in/proj_out, one block) over each frame."""
+
+    def __init__(self, name: str, channels: int, heads: int, groups: int, audio_dim: int | None):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            [SpatialTransformerBlock(f"{name}.transformer_blocks.0", channels, heads, audio_dim)]
+        )
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x, num_frames, reference, audio_tokens, collect):  # x: ((B F), C, H, W)
+        height, width = x.shape[-2:]
+        residual = x
+        h = rearrange(self.proj_in(self.norm(x)), "n c h w -> n (h w) c")
+        for block in self.transformer_blocks:
+            h = block(h, num_frames, reference, audio_tokens, collect)
+        h = rearrange(h, "n (h w) c -> n c h w", h=height, w=width)
+        return self.proj_out(h) + residual

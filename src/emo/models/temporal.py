@@ -1,0 +1,150 @@
+"""AnimateDiff-v2 temporal modules, extended with EMO's motion frames and speed layers.
+
+Parameter names follow AnimateDiff's `mm_sd_v15_v2.ckpt` (`temporal_transformer.transformer_blocks.0.
+attention_blocks.{0,1}...`) so those weights load by name. EMO's additions:
+
+- Motion frames (EMO Sec. 3.2): the ReferenceNet's features of the previous clip's last n frames, at this
+  same site, are prepended along the frame axis; temporal attention runs over n+f frames and only the f
+  current frames continue.
+- Speed layers (EMO Sec. 3.3): cross-attention from each current frame's tokens to that frame's speed
+  tokens, inside the temporal block; output projection starts at zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from emo.models.attention import Attention, FeedForward, zero_
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
+    """AnimateDiff's PositionalEncoding table, (1, max_len, dim)."""
+    position = torch.arange(max_len).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, max_len, dim)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
+class PositionalEncoding(nn.Module):
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        # Persistent so the key `pos_encoder.pe` of AnimateDiff checkpoints has a home; the values are the
+        # same deterministic table either way.
+        self.register_buffer("pe", sinusoidal_positions(max_len, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, frames, C)
+        frames = x.shape[1]
+        if frames > self.pe.shape[1]:
+            raise ValueError(
+                f"{frames} frames exceed the temporal position table ({self.pe.shape[1]}); "
+                "raise temporal_max_len in the model config"
+            )
+        return x + self.pe[:, :frames].to(x.dtype)
+
+
+class TemporalAttention(Attention):
+    """Self-attention along the frame axis of each spatial position (AnimateDiff's VersatileAttention)."""
+
+    def __init__(self, dim: int, heads: int, max_len: int):
+        super().__init__(dim, heads)
+        self.pos_encoder = PositionalEncoding(dim, max_len)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # x: ((B F), HW, C)
+        tokens = x.shape[1]
+        x = rearrange(x, "(b f) d c -> (b d) f c", f=num_frames)
+        x = super().forward(self.pos_encoder(x))
+        return rearrange(x, "(b d) f c -> (b f) d c", d=tokens)
+
+
+class TemporalTransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, max_len: int, speed_dim: int | None):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList([TemporalAttention(dim, heads, max_len) for _ in range(2)])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(2)])
+        if speed_dim:
+            self.speed_norm = nn.LayerNorm(dim)
+            self.speed_attn = Attention(dim, heads, context_dim=speed_dim)
+            zero_(self.speed_attn.to_out[0])
+        else:
+            self.speed_attn = None
+        self.ff = FeedForward(dim)
+        self.ff_norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # ((B T), HW, C), T = motion + current frames
+        num_frames: int,  # T
+        num_current: int,  # f: the trailing frames that are being generated
+        speed_tokens: torch.Tensor | None,  # ((B f), S, Cs)
+    ) -> torch.Tensor:
+        for attention, norm in zip(self.attention_blocks, self.norms):
+            x = x + attention(norm(x), num_frames)
+        if self.speed_attn is not None and speed_tokens is not None:
+            # Only current frames have a speed; motion frames are context and are dropped after this module,
+            # so leaving them out of the speed layer changes nothing downstream.
+            x = rearrange(x, "(b t) d c -> b t d c", t=num_frames)
+            motion, current = x[:, : num_frames - num_current], x[:, num_frames - num_current :]
+            current = rearrange(current, "b f d c -> (b f) d c")
+            current = current + self.speed_attn(self.speed_norm(current), speed_tokens.to(x.dtype))
+            current = rearrange(current, "(b f) d c -> b f d c", f=num_current)
+            x = rearrange(torch.cat([motion, current], dim=1), "b t d c -> (b t) d c")
+        return x + self.ff(self.ff_norm(x))
+
+
+class TemporalTransformer(nn.Module):
+    def __init__(self, channels: int, heads: int, groups: int, max_len: int, speed_dim: int | None):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            [TemporalTransformerBlock(channels, heads, max_len, speed_dim)]
+        )
+        self.proj_out = zero_(nn.Linear(channels, channels))  # AnimateDiff's zero_initialize
+
+    def forward(self, x, num_frames, num_current, speed_tokens):  # x: ((B T), C, H, W)
+        height, width = x.shape[-2:]
+        residual = x
+        h = rearrange(self.norm(x), "n c h w -> n (h w) c")
+        h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, num_frames, num_current, speed_tokens)
+        h = rearrange(self.proj_out(h), "n (h w) c -> n c h w", h=height, w=width)
+        return h + residual
+
+
+class TemporalModule(nn.Module):
+    """One temporal-module site (AnimateDiff's VanillaTemporalModule)."""
+
+    def __init__(self, channels: int, heads: int, groups: int, max_len: int, speed_dim: int | None):
+        super().__init__()
+        self.temporal_transformer = TemporalTransformer(channels, heads, groups, max_len, speed_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # ((B F), C, H, W)
+        num_frames: int,  # F
+        motion: torch.Tensor | None = None,  # ((B n), C, H, W) ReferenceNet features of the motion frames
+        speed_tokens: torch.Tensor | None = None,  # ((B F), S, Cs)
+    ) -> torch.Tensor:
+        if motion is None:
+            return self.temporal_transformer(x, num_frames, num_frames, speed_tokens)
+        batch = x.shape[0] // num_frames
+        num_motion = motion.shape[0] // batch
+        frames = torch.cat(
+            [
+                rearrange(motion.to(x.dtype), "(b n) c h w -> b n c h w", b=batch),
+                rearrange(x, "(b f) c h w -> b f c h w", b=batch),
+            ],
+            dim=1,
+        )  # (B, n+F, C, H, W)
+        out = self.temporal_transformer(
+            rearrange(frames, "b t c h w -> (b t) c h w"), num_motion + num_frames, num_frames, speed_tokens
+        )
+        out = rearrange(out, "(b t) c h w -> b t c h w", b=batch)[:, num_motion:]
+        return rearrange(out, "b f c h w -> (b f) c h w")
