@@ -1,0 +1,71 @@
+"""Tiny random stand-ins for the real weights (SD VAE, wav2vec2, a trained EMO), saved in the real layouts.
+
+Used by `--preset tiny` smoke runs, the tiny training configs and the tests: they exercise the same loading
+code as the real weights, on CPU in seconds. Outputs of a random model are noise-like, by design.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from emo.config import tiny
+
+# The zero-initialised pathways of a fresh EMO network; `wake` gives them small random weights so a random
+# tiny model responds to every condition the way a trained one would (for smoke runs and tests).
+ZERO_INITIALISED = r"audio_attn\.to_out|speed_attn\.to_out|motion_modules.*proj_out|face_locator\.conv_out"
+
+
+def tiny_vae(seed: int = 0):
+    """An SD-shaped AutoencoderKL (8x downsampling, 4 latent channels) with ~0.3M parameters."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32), sample_size=64, scaling_factor=0.18215,
+    ).eval()
+
+
+def tiny_audio_model(seed: int = 0):
+    """A wav2vec2-shaped model (the same 320x CNN stride: 50 Hz features) with 2 layers of width 32."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    cfg = tiny()
+    torch.manual_seed(seed)
+    config = Wav2Vec2Config(
+        hidden_size=cfg.audio_feature_dim, num_hidden_layers=cfg.audio_layers - 1, num_attention_heads=2,
+        intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="group", do_stable_layer_norm=False, vocab_size=32,
+    )
+    return Wav2Vec2Model(config).eval()
+
+
+def wake(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Give the zero-initialised pathways small random weights (see ZERO_INITIALISED)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(ZERO_INITIALISED, name):
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def tiny_emo(seed: int = 0, awake: bool = True):
+    from emo.models import EMO
+
+    torch.manual_seed(seed)
+    model = EMO.from_config(tiny())
+    return wake(model, seed) if awake else model
+
+
+def save_tiny_weights(directory: str | Path, seed: int = 0, awake: bool = True) -> Path:
+    """Write a complete `--weights` directory: EMO components + vae/ + wav2vec2/ (all tiny, random)."""
+    directory = Path(directory)
+    tiny_emo(seed, awake).save_pretrained(directory)
+    tiny_vae(seed).save_pretrained(directory / "vae", safe_serialization=True)
+    tiny_audio_model(seed).save_pretrained(directory / "wav2vec2", safe_serialization=True)
+    return directory
