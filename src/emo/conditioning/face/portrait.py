@@ -1,0 +1,92 @@
+"""The generation-time portrait: load, find the face, crop to a square, build the face-region mask (EMO.md §1)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from emo.conditioning.face.analyzer import FaceAnalyzer, FaceObservation
+from emo.conditioning.face.geometry import (
+    DEFAULT_EXPAND,
+    Box,
+    box_in_crop,
+    center_square,
+    crop_and_resize,
+    parse_region,
+    region_mask,
+    square_crop_box,
+)
+from emo.errors import EmoError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Portrait:
+    """A reference portrait ready for generation."""
+
+    image: np.ndarray  # (size, size, 3) uint8 RGB crop
+    mask: np.ndarray  # (size, size) float32 in {0, 1}: the face region the Face Locator sees
+    face_box: Box | None  # face (mesh extents) in crop pixels; None if no face was found
+    num_faces: int  # faces detected in the original image (the largest one is used)
+    crop_box: Box  # the square crop in the original image's pixels (may extend past it: padded)
+    observation: FaceObservation | None  # landmarks/pose in the original image's pixels
+
+
+def prepare_portrait(
+    path: str | os.PathLike,
+    size: int = 512,
+    region: str | Box = "face",
+    expand: float = DEFAULT_EXPAND,
+    strict: bool = False,
+    analyzer: FaceAnalyzer | None = None,
+) -> Portrait:
+    """Load a portrait, crop a square around its main face, resize to size², and make the region mask.
+
+    - Several faces: the largest is used and the count logged; ``strict=True`` makes it an EmoError.
+    - No face: EmoError naming the file and suggesting ``--region``; with ``region`` = ``full`` or an
+      explicit box the centred square is used instead (no face needed).
+    - ``region``: ``face``, ``wide``, ``tall``, ``full`` or a :class:`Box` / ``"x0,y0,x1,y1"`` in pixels
+      of the size² crop (see :func:`~emo.conditioning.face.geometry.region_mask`).
+    """
+    from emo.media import load_image
+
+    region = parse_region(region)
+    image = load_image(path)
+    height, width = image.shape[:2]
+    own = analyzer is None
+    analyzer = analyzer or FaceAnalyzer()
+    try:
+        boxes = analyzer.detect(image)
+        observation = analyzer.analyze(image) if boxes else None
+    finally:
+        if own:
+            analyzer.close()
+    if len(boxes) > 1:
+        if strict:
+            raise EmoError(
+                f"{path}: {len(boxes)} faces found; give a portrait with one face (or drop --strict)"
+            )
+        logger.info("%s: %d faces found, using the largest", path, len(boxes))
+    if observation is None:
+        if isinstance(region, Box) or region == "full":
+            logger.info("%s: no face found; using the centred square and region %s", path, region)
+            crop = center_square(width, height)
+            crop_image = crop_and_resize(image, crop, size)
+            return Portrait(crop_image, region_mask(region, None, size), None, 0, crop, None)
+        raise EmoError(
+            f"no face found in {path}; pass --region x0,y0,x1,y1 (face box in the {size}² crop) or --region full"
+        )
+    crop = square_crop_box([observation.box], width, height, expand=expand)
+    face_box = box_in_crop(observation.box, crop, size)
+    return Portrait(
+        image=crop_and_resize(image, crop, size),
+        mask=region_mask(region, face_box, size),
+        face_box=face_box,
+        num_faces=max(len(boxes), 1),
+        crop_box=crop,
+        observation=observation,
+    )
