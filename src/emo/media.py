@@ -273,7 +273,7 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
     """Stream a video's frames as (H, W, 3) uint8 RGB, optionally resampled to ``fps``.
 
     Resampling picks, for each output time k/fps (k = 0, 1, ...), the source frame whose timestamp is
-    nearest (frames are duplicated or dropped; no blending). Output frames cover the source's span
+    nearest, the earlier one on a tie (frames are duplicated or dropped; no blending). Output frames cover the source's span
     [first timestamp, last timestamp + one source frame), so an 8 s 25 fps clip gives 240 frames at
     30 fps. Memory stays flat: at most two decoded frames are held.
     """
@@ -297,7 +297,8 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
         # Emit every output time that lies closer to prev than to this frame.
         while prev is not None and k * step <= t:
             target = k * step
-            yield prev[1] if target - prev[0] < t - target else frame
+            # Ties (an output time exactly between two frames) go to the earlier frame.
+            yield prev[1] if target - prev[0] <= t - target + 1e-9 else frame
             k += 1
         prev = (t, frame)
     if prev is None:
@@ -384,7 +385,11 @@ class VideoWriter:
         rate = Fraction(self.fps).limit_denominator(1001)
         self._rate = rate
         self._video = self._container.add_stream(
-            "libx264", rate=rate, options={"crf": str(self.crf), "preset": self.preset}
+            # threads=1: x264's automatic frame threading made identical frames encode to different bytes
+            # (and pixels) from run to run; one thread keeps the same seed -> the same video.
+            "libx264",
+            rate=rate,
+            options={"crf": str(self.crf), "preset": self.preset, "threads": "1"},
         )
         self._video.width, self._video.height = self.width, self.height
         self._video.pix_fmt = "yuv420p"

@@ -1,0 +1,232 @@
+"""Media I/O: audio in every container we promise, images, video streaming, the atomic VideoWriter."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from emo.errors import EmoError
+from emo.media import (
+    VideoWriter,
+    atomic_write_bytes,
+    iter_video_frames,
+    load_audio,
+    load_image,
+    num_frames_for,
+    probe_video,
+)
+
+DATA = Path(__file__).parent / "data"
+SPEECH = DATA / "speech_en_24k_3s.wav"  # 3.0 s, 24 kHz mono
+
+
+def encode_audio(src: Path, dst: Path, codec: str, container_format: str | None = None) -> Path:
+    """Re-encode a wav with PyAV (as a user's mp3/flac/ogg/m4a file would be)."""
+    samples, rate = sf.read(src, dtype="float32")
+    with av.open(str(dst), "w", format=container_format) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        fmt = stream.codec_context.codec.audio_formats[0].name
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = 0
+        resampler = av.AudioResampler(format=fmt, layout="mono", rate=rate)
+        for converted in resampler.resample(frame):
+            out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+    return dst
+
+
+def test_wav_is_resampled_to_16k_mono():
+    audio = load_audio(SPEECH)
+    reference, rate = sf.read(SPEECH, dtype="float32")
+    assert rate == 24000 and audio.dtype == np.float32 and audio.ndim == 1
+    assert len(audio) == pytest.approx(len(reference) * 16000 / 24000, abs=2)
+    assert np.abs(audio).max() <= 1.0
+    assert np.sqrt(np.mean(audio**2)) == pytest.approx(np.sqrt(np.mean(reference**2)), rel=0.05)
+
+
+def test_resampling_keeps_pitch_and_downmix_averages(tmp_path):
+    t = np.arange(48000) / 48000
+    left = 0.5 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / "stereo48k.wav"
+    sf.write(path, np.stack([left, np.zeros_like(left)], axis=1).astype(np.float32), 48000, subtype="FLOAT")
+    audio = load_audio(path)
+    assert len(audio) == 16000
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert np.argmax(spectrum) * 16000 / len(audio) == pytest.approx(440, abs=2)
+    assert np.abs(audio[100:-100]).max() == pytest.approx(0.25, abs=0.01)  # (L + R) / 2
+
+
+@pytest.mark.parametrize(
+    "suffix, codec, fmt",
+    [(".mp3", "mp3", None), (".flac", "flac", None), (".ogg", "libopus", "ogg"), (".m4a", "aac", "ipod")],
+)
+def test_compressed_audio_formats(tmp_path, suffix, codec, fmt):
+    path = encode_audio(SPEECH, tmp_path / f"speech{suffix}", codec, fmt)
+    audio = load_audio(path)
+    reference = load_audio(SPEECH)
+    # Lossy codecs add encoder delay/padding of a few frames; lengths agree to ~0.1 s.
+    assert abs(len(audio) - len(reference)) < 0.1 * 16000
+    assert np.sqrt(np.mean(audio**2)) == pytest.approx(np.sqrt(np.mean(reference**2)), rel=0.15)
+
+
+def test_audio_track_of_mp4(tmp_path):
+    speech = load_audio(SPEECH)
+    path = tmp_path / "talk.mp4"
+    with VideoWriter(path, 25, 64, 64, audio=speech) as writer:
+        for _ in range(75):
+            writer.write(np.zeros((64, 64, 3), np.uint8))
+    audio = load_audio(path)
+    assert abs(len(audio) - len(speech)) < 0.1 * 16000
+    # Same waveform, aligned in time (the priming samples of AAC are trimmed on decode).
+    assert np.corrcoef(audio[2048:40000], speech[2048:40000])[0, 1] > 0.99
+
+
+def test_silence_is_valid(tmp_path):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(8000, np.float32), 16000)
+    audio = load_audio(path)
+    assert len(audio) == 8000 and not audio.any()
+
+
+def test_audio_errors_name_the_file(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    zero = tmp_path / "zero.wav"
+    sf.write(zero, np.zeros(0, np.float32), 16000)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not audio\n" * 20)
+    no_audio = DATA / "face_calm_speech_4s.mp4"  # video only
+    cases = {
+        empty: "empty",
+        zero: "zero length",
+        corrupt: "cannot read audio",
+        text: "cannot read audio",
+        no_audio: "no audio stream",
+        tmp_path / "missing.wav": "not found",
+    }
+    for path, words in cases.items():
+        with pytest.raises(EmoError, match=words) as info:
+            load_audio(path)
+        message = str(info.value)
+        assert str(path) in message and "\n" not in message
+
+
+def test_load_image_orientation_alpha_and_errors(tmp_path):
+    # EXIF orientation 6 (rotate 90° clockwise to display) turns a 40x20 (w x h) file into 20x40.
+    image = Image.new("RGB", (40, 20), (10, 200, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").shape == (40, 20, 3)
+    # Transparent pixels become white.
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:4, :, :] = (255, 0, 0, 255)
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    loaded = load_image(tmp_path / "alpha.png")
+    assert loaded.shape == (8, 8, 3) and loaded[0, 0].tolist() == [255, 0, 0]
+    assert loaded[7, 7].tolist() == [255, 255, 255]
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes((tmp_path / "alpha.png").read_bytes()[:40])
+    for path in (corrupt, tmp_path / "missing.png", DATA / "speech_en_24k_3s.wav"):
+        with pytest.raises(EmoError) as info:
+            load_image(path)
+        assert str(path) in str(info.value)
+
+
+def test_video_writer_round_trip(tmp_path):
+    path = tmp_path / "out.mp4"
+    frames = [np.full((48, 64, 3), 20 * i, np.uint8) for i in range(12)]
+    audio = np.sin(np.arange(8000) / 16000 * 2 * np.pi * 300).astype(np.float32) * 0.3
+    with VideoWriter(path, 25, 64, 48, audio=audio) as writer:
+        for frame in frames:
+            writer.write(frame)
+    info = probe_video(path)
+    assert (info.width, info.height, info.num_frames, info.has_audio) == (64, 48, 12, True)
+    assert info.fps == 25 and info.duration_s == pytest.approx(12 / 25, abs=0.01)
+    decoded = list(iter_video_frames(path))
+    assert len(decoded) == 12
+    assert [round(float(f.mean()) / 20) for f in decoded] == list(range(12))
+    assert abs(len(load_audio(path)) - len(audio)) < 0.07 * 16000  # AAC pads to whole 1024-sample frames
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]  # no temp file left behind
+
+
+def test_video_writer_fractional_fps_and_odd_size(tmp_path):
+    path = tmp_path / "odd.mp4"
+    with VideoWriter(path, 30000 / 1001, 63, 47) as writer:
+        assert (writer.width, writer.height) == (64, 48)
+        for _ in range(5):
+            frame = np.zeros((47, 63, 3), np.uint8)
+            frame[:, -1] = 255  # the last column is repeated into the padding
+            writer.write(frame)
+    info = probe_video(path)
+    assert (info.width, info.height) == (64, 48)
+    assert Fraction(info.fps).limit_denominator(1001) == Fraction(30000, 1001)
+    last = next(iter_video_frames(path))
+    assert last[:, -1].mean() > 200 and last[:, 40].mean() < 50
+
+
+def test_video_writer_never_clobbers(tmp_path):
+    path = tmp_path / "keep.mp4"
+    path.write_bytes(b"user's file")
+    with pytest.raises(EmoError, match="--overwrite"):
+        VideoWriter(path, 25, 32, 32)
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(path, 25, 32, 32, overwrite=True) as writer:
+            writer.write(np.zeros((32, 32, 3), np.uint8))
+            raise RuntimeError("boom")
+    assert path.read_bytes() == b"user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.mp4"]  # temp file removed
+    with VideoWriter(path, 25, 32, 32, overwrite=True) as writer:
+        writer.write(np.zeros((32, 32, 3), np.uint8))
+    assert probe_video(path).num_frames == 1
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(EmoError, match="a_file"):
+        VideoWriter(blocker / "out.mp4", 25, 32, 32)
+
+
+def test_frame_rate_resampling_by_nearest_timestamp(tmp_path):
+    path = tmp_path / "count.mp4"
+    with VideoWriter(path, 25, 32, 32, crf=0) as writer:
+        for i in range(20):  # 0.8 s
+            writer.write(np.full((32, 32, 3), 10 * i, np.uint8))
+
+    def indices(fps):
+        return [round(float(f.mean()) / 10) for f in iter_video_frames(path, fps=fps)]
+
+    assert indices(None) == list(range(20))
+    assert indices(25) == list(range(20))
+    assert indices(50) == [i // 2 for i in range(40)]  # each frame twice
+    assert indices(12.5) == list(range(0, 20, 2))  # every other frame
+    at30 = indices(30)
+    assert len(at30) == num_frames_for(0.8, 30) == 24
+    assert at30 == [int(np.ceil(k * 25 / 30 - 0.5)) for k in range(24)]  # nearest, ties to the earlier
+
+
+def test_probe_and_frames_reject_non_video(tmp_path):
+    with pytest.raises(EmoError, match="no video stream"):
+        probe_video(SPEECH)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(EmoError, match="empty"):
+        next(iter_video_frames(empty))
+
+
+def test_atomic_write_bytes(tmp_path):
+    path = tmp_path / "sub" / "data.json"
+    atomic_write_bytes(path, b"{}")
+    assert path.read_bytes() == b"{}"
+    atomic_write_bytes(path, b"[1]")
+    assert path.read_bytes() == b"[1]"
+    with pytest.raises(EmoError, match="exists"):
+        atomic_write_bytes(path, b"x", overwrite=False)
+    assert [p.name for p in path.parent.iterdir()] == ["data.json"]
