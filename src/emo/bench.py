@@ -10,6 +10,7 @@ HELP = "measure speed and memory (model, face, audio, generate, preprocess, trai
 # target -> module; add a line when a benchmark exists.
 TARGETS: dict[str, str] = {
     "model": "emo.models.bench",
+    "preprocess": "emo.data.bench",
 }
 
 
