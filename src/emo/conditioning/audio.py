@@ -158,14 +158,15 @@ class AudioEncoder:
         conv = self.model.feature_extractor.conv_layers[0].conv
         kernel, stride = conv.kernel_size[0], conv.stride[0]
         total = (x.numel() - kernel) // stride + 1
-        block = 200_000  # conv outputs per block (~0.4 GB of activations at 512 channels)
+        block = 50_000  # conv outputs per block (~100 MB of activations at 512 channels)
         count, sums, squares = 0, 0.0, 0.0
         for a in range(0, total, block):
             b = min(total, a + block)
-            h = conv(x[stride * a : stride * (b - 1) + kernel][None, None].to(self.device, self.dtype))[0]
-            h = h.double()  # (C, t)
-            sums = sums + h.sum(dim=1)
-            squares = squares + (h * h).sum(dim=1)
+            h = conv(x[stride * a : stride * (b - 1) + kernel][None, None].to(self.device, self.dtype))[
+                0
+            ]  # (C, t)
+            sums = sums + h.sum(dim=1, dtype=torch.float64)
+            squares = squares + h.square().sum(dim=1, dtype=torch.float64)
             count += h.shape[1]
         mean = sums / count
         var = (squares / count - mean * mean).clamp_min(0)

@@ -1,0 +1,125 @@
+"""`emo bench audio`: wav2vec2 feature extraction speed (× real time) and peak memory vs audio length.
+
+The model is a randomly initialised ``Wav2Vec2Model`` with ``Wav2Vec2Config()`` defaults, i.e. exactly
+wav2vec2-base's shape (12 layers, 768 wide, 95 M parameters): speed and memory do not depend on the weight
+values. The input is a synthetic speech-like track (harmonic tones with a syllable-rate envelope, plus
+noise). Each length runs in a fresh process so that its peak RSS is its own.
+
+Two ways of consuming the features are measured:
+
+- ``frames``: :meth:`AudioEncoder.frame_features` at the video frame rate, the whole (F, 13, 768) result
+  kept in memory (what generation does); its output alone grows with the track (float32: 40 kB per frame);
+- ``stream``: :meth:`AudioEncoder.iter_encode`, each 50 Hz chunk dropped after use (what a consumer that
+  writes to disk sees): the working memory of the encoder itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+HELP = "wav2vec2-base-shaped audio features: × real time on CPU, peak memory for 1- vs 10-minute tracks"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--lengths", default="60,600", help="track lengths in seconds (default 60,600)")
+    parser.add_argument("--modes", default="frames,stream", help="frames and/or stream (default both)")
+    parser.add_argument("--fps", type=float, default=25.0, help="video frame rate for `frames` (default 25)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--chunk-seconds", type=float, default=None, help="override the encoder's chunk length"
+    )
+    parser.add_argument("--measure", nargs=2, metavar=("MODE", "SECONDS"), help=_suppress())
+
+
+def _suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def synthetic_speech(seconds: float, sample_rate: int = 16000, seed: int = 0):
+    """Speech-like test signal: a wandering 100-250 Hz voice with harmonics, gated at ~4 syllables/s."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    t = np.arange(n, dtype=np.float64) / sample_rate
+    pitch = 170 + 60 * np.sin(2 * np.pi * 0.3 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 0.5
+    return (0.2 * voice * envelope + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+def _measure(mode: str, seconds: float, args) -> dict:
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from emo.conditioning.audio import AudioEncoder, ChunkConfig
+    from emo.resources import peak_rss_mib
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    chunk = ChunkConfig() if args.chunk_seconds is None else ChunkConfig(chunk_seconds=args.chunk_seconds)
+    encoder = AudioEncoder(Wav2Vec2Model(Wav2Vec2Config()), chunk=chunk)
+    waveform = synthetic_speech(seconds)
+    baseline = peak_rss_mib()
+    start = time.perf_counter()
+    if mode == "frames":
+        features = encoder.frame_features(waveform, args.fps)
+        output_mib = features.numel() * features.element_size() / 2**20
+    else:
+        frames = 0
+        for _, features in encoder.iter_encode(waveform):
+            frames += features.shape[0]
+        output_mib = 0.0
+    elapsed = time.perf_counter() - start
+    return {
+        "mode": mode,
+        "seconds": seconds,
+        "elapsed_s": round(elapsed, 2),
+        "x_realtime": round(seconds / elapsed, 2),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "rss_before_mib": round(baseline, 1),
+        "output_mib": round(output_mib, 1),
+        "chunk_s": chunk.chunk_seconds,
+        "context_s": chunk.context_seconds,
+        "threads": args.threads,
+    }
+
+
+def run(args) -> int:
+    if args.measure:
+        print(json.dumps(_measure(args.measure[0], float(args.measure[1]), args)))
+        return 0
+    lengths = [float(v) for v in args.lengths.split(",")]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    results = []
+    for mode in modes:
+        for seconds in lengths:
+            command = [sys.executable, "-m", "emo.cli", "bench", "audio", "--measure", mode, str(seconds)]
+            command += ["--threads", str(args.threads), "--fps", str(args.fps)]
+            if args.chunk_seconds is not None:
+                command += ["--chunk-seconds", str(args.chunk_seconds)]
+            out = subprocess.run(command, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                print(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "measurement failed")
+                return 1
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(result)
+            print(
+                f"{mode:6s} {seconds:7.0f} s audio: {result['elapsed_s']:7.2f} s = {result['x_realtime']:6.2f}× real time, "
+                f"peak RSS {result['peak_rss_mib']:7.1f} MiB (before encoding {result['rss_before_mib']:.1f}, "
+                f"output {result['output_mib']:.1f})"
+            )
+    for mode in modes:
+        peaks = [r["peak_rss_mib"] for r in results if r["mode"] == mode]
+        if len(peaks) >= 2:
+            print(
+                f"{mode}: peak RSS {lengths[-1]:.0f} s / {lengths[0]:.0f} s = {peaks[-1] / peaks[0]:.2f} (target ≤ 1.5)"
+            )
+    print(json.dumps({"bench": "audio", "results": results}))
+    return 0
