@@ -385,11 +385,9 @@ class VideoWriter:
         rate = Fraction(self.fps).limit_denominator(1001)
         self._rate = rate
         self._video = self._container.add_stream(
-            # threads=1: x264's automatic frame threading made identical frames encode to different bytes
-            # (and pixels) from run to run; one thread keeps the same seed -> the same video.
             "libx264",
             rate=rate,
-            options={"crf": str(self.crf), "preset": self.preset, "threads": "1"},
+            options={"crf": str(self.crf), "preset": self.preset},
         )
         self._video.width, self._video.height = self.width, self.height
         self._video.pix_fmt = "yuv420p"
@@ -416,7 +414,11 @@ class VideoWriter:
                 ((0, self.height - self.frame_height), (0, self.width - self.frame_width), (0, 0)),
                 mode="edge",
             )
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        # Convert to yuv420p here: left to the encoder, PyAV's implicit conversion made identical frames
+        # encode to different pixels from run to run; this explicit one is deterministic (same seed, same video).
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
+            format="yuv420p"
+        )
         video_frame.pts = self.num_frames
         video_frame.time_base = 1 / self._rate
         self._container.mux(self._video.encode(video_frame))
