@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -65,6 +66,16 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     out["truncated"] = root / "d_truncated.mp4"
     data = HDTF.read_bytes()
     out["truncated"].write_bytes(data[: len(data) * 2 // 5])
+    # Truncated with its index at the front (mp4 "faststart"): it opens, and decoding stops early.
+    out["truncated_faststart"] = root / "e_truncated_faststart.mp4"
+    with av.open(str(out["truncated_faststart"]), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+        for frame in frames_of(HDTF):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    data = out["truncated_faststart"].read_bytes()
+    out["truncated_faststart"].write_bytes(data[: len(data) // 2])
     return out
 
 
@@ -207,12 +218,14 @@ def test_video_without_audio_serves_stage_1_only(dataset):
 
 
 def test_truncated_file_is_recorded_as_failed_and_the_rest_continue(dataset):
-    record = records_by_source(dataset)["d_truncated.mp4"]
-    assert record["status"] == "failed" and record["clips"] == []
-    assert "d_truncated.mp4" in record["error"]
+    for name in ("d_truncated.mp4", "e_truncated_faststart.mp4"):
+        record = records_by_source(dataset)[name]
+        assert record["status"] == "failed" and record["clips"] == [] and name in record["error"]
+        assert not [p for p in (dataset / mf.VIDEOS / record["video_id"]).iterdir() if p.name != mf.VIDEO_RECORD]
+    assert "truncated" in records_by_source(dataset)["e_truncated_faststart.mp4"]["error"]
     summary = json.loads((dataset / mf.SUMMARY).read_text())
-    assert summary["videos_failed"] == 1 and summary["videos_ok"] == 3
-    assert summary["failed"][0]["source"].endswith("d_truncated.mp4")
+    assert summary["videos_failed"] == 2 and summary["videos_ok"] == 3
+    assert [Path(f["source"]).name for f in summary["failed"]] == ["d_truncated.mp4", "e_truncated_faststart.mp4"]
     assert summary["clips_kept"] == len(mf.read_manifest(dataset)) > 0
     assert summary["hours_kept"] > 0
 

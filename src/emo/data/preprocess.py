@@ -62,7 +62,7 @@ class PreprocessConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)  # scene-cut detector settings
     analysis_fps: float = 5.0  # face detection / camera-motion samples per second in the analysis pass
     analysis_width: int = 640  # analysis frames are downscaled to this width (detection, motion)
-    min_face_px: float = 64.0  # median face-box height in source pixels below which: face_too_small
+    min_face_px: float = 96.0  # median face-box height in source pixels below which: face_too_small
     min_face_presence: float = 0.8  # fraction of analysis samples that must show a face, else no_face
     multi_face_ratio: float = 0.4  # a second face counts if its box is at least this fraction of the largest's height
     max_multi_face_frac: float = 0.2  # more samples than this with 2+ counted faces: multiple_faces
