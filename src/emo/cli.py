@@ -16,6 +16,7 @@ from emo.errors import EmoError
 
 # name -> module; add a line here when a command exists.
 COMMANDS: dict[str, str] = {
+    "generate": "emo.generate",
     "preprocess": "emo.data.cli",
     "bench": "emo.bench",
 }

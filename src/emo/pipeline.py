@@ -1,0 +1,272 @@
+"""Generation (EMO Sec. 3, EMO.md §1 and §5): one portrait + an audio track -> a talking/singing mp4.
+
+    encode portrait once -> for each clip of f frames:
+        ReferenceNet once (reference + previous clip's last n latents) -> denoise loop -> decode
+        -> stream frames into the H.264 encoder
+
+Clips chain through motion frames (the first clip gets zero motion features, EMO paper); the last clip is
+trimmed so the video has ceil(duration x fps) frames. Memory stays flat in the audio length: features are
+per-frame tensors, frames go to the encoder as they are decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from emo.conditioning.temporal import window
+from emo.errors import EmoError
+from emo.media import VideoWriter, load_audio, num_frames_for
+from emo.models import EMO, Conditioning, ReferenceFeatures
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+SAMPLERS = ("ddim", "dpm++")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    steps: int = 40  # DDIM steps; the paper saw jitter below ~35
+    sampler: str = "ddim"  # "ddim" or "dpm++" (DPM-Solver++ 2M: similar quality in fewer steps)
+    speed: float = 0.7  # head rotation speed, degrees/frame at 30 fps (speech 0.1-1.0, singing 1.0-1.3)
+    region: str = "face"  # face | wide | tall | full | x0,y0,x1,y1 (pixels of the 512² crop)
+    seed: int = 0
+    reference_guidance: float = 1.0  # classifier-free guidance on the reference image (1.0 = off)
+    audio_guidance: float = 1.0  # classifier-free guidance on the audio (1.0 = off)
+    fps: float = 30.0
+    size: int = 512  # output side in pixels (a multiple of 8)
+    clip_frames: int = 12  # f
+    motion_frames: int = 4  # n
+    decode_chunk: int = 4  # frames per VAE decode call (bounds decoder memory)
+    max_duration: float = 600.0  # seconds of audio accepted without being asked (0 = no limit)
+    strict: bool = False  # several faces in the portrait is an error rather than "take the largest"
+
+    def validate(self) -> None:
+        checks = [
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"),
+            (math.isfinite(self.speed) and 0 <= self.speed <= 5, f"--speed must be in [0, 5], got {self.speed}"),
+            (self.fps > 0 and math.isfinite(self.fps), f"--fps must be positive, got {self.fps}"),
+            (self.size >= 64 and self.size % 8 == 0, f"--size must be a multiple of 8 and >= 64, got {self.size}"),
+            (self.clip_frames >= 1 and self.motion_frames >= 0, "clip and motion frame counts must be positive"),
+            (self.reference_guidance >= 0 and self.audio_guidance >= 0, "guidance scales must be >= 0"),
+            (self.decode_chunk >= 1, f"decode chunk must be >= 1, got {self.decode_chunk}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EmoError(message)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    path: Path
+    frames: int
+    clips: int
+    seconds: float  # wall-clock time of the whole generation
+
+    def summary(self) -> str:
+        return (f"wrote {self.path}: {self.frames} frames in {self.clips} clips, {self.seconds:.1f} s "
+                f"({self.seconds / max(self.frames, 1):.2f} s/frame)")
+
+
+def make_scheduler(sampler: str):
+    """SD1.5's noise schedule (EMO.md §2) with the chosen sampler."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
+    if sampler == "ddim":
+        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
+    if sampler == "dpm++":
+        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2)
+    raise EmoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def guidance_plan(reference_scale: float, audio_scale: float) -> tuple[list[tuple[bool, bool]], list[float]]:
+    """Which (reference on, audio on) passes to batch, and how to combine their predictions.
+
+    eps = e(0,0) + s_ref (e(1,0) - e(0,0)) + s_audio (e(1,1) - e(1,0)); passes whose weight would cancel are
+    skipped, so guidance at 1.0 costs nothing.
+    """
+    if reference_scale == 1.0 and audio_scale == 1.0:
+        return [(True, True)], [1.0]
+    if reference_scale == 1.0:
+        return [(True, False), (True, True)], [1.0 - audio_scale, audio_scale]
+    if audio_scale == 1.0:
+        return [(False, True), (True, True)], [1.0 - reference_scale, reference_scale]
+    return ([(False, False), (True, False), (True, True)],
+            [1.0 - reference_scale, reference_scale - audio_scale, audio_scale])
+
+
+class EMOPipeline:
+    """The EMO network with its frozen VAE and audio encoder, ready to generate."""
+
+    def __init__(self, model: EMO, vae, audio_encoder, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(self.device, dtype).eval().requires_grad_(False)
+        self.vae = vae.to(self.device, dtype).eval().requires_grad_(False)
+        self.audio_encoder = audio_encoder
+        self.cache_dir = cache_dir
+        self.reference_calls = 0  # ReferenceNet passes so far (one per clip)
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_weights(cls, weights: str | Path, vae: str | Path | None = None, audio_encoder: str | Path | None = None,
+                     device="cpu", dtype=torch.float32, cache_dir=None) -> EMOPipeline:
+        """A trained checkpoint directory (`emo train export`), with the VAE and wav2vec2 in its `vae/` and
+        `wav2vec2/` subfolders unless given explicitly."""
+        from emo.conditioning.audio import AudioEncoder
+        from emo.models.loading import load_vae
+
+        weights = Path(weights)
+        if not weights.is_dir():
+            raise EmoError(f"--weights {weights}: no such directory")
+        vae_path = Path(vae) if vae else weights / "vae"
+        audio_path = Path(audio_encoder) if audio_encoder else weights / "wav2vec2"
+        for path, flag in ((vae_path, "--vae"), (audio_path, "--audio-encoder")):
+            if not path.exists():
+                raise EmoError(f"{path} not found: pass {flag} PATH (a local diffusers VAE / transformers "
+                               "wav2vec2 folder) or put it inside the --weights directory")
+        model = EMO.from_pretrained(weights)
+        return cls(model, load_vae(vae_path), AudioEncoder.from_pretrained(audio_path, device=device),
+                   device, dtype, cache_dir)
+
+    @classmethod
+    def tiny(cls, device="cpu", dtype=torch.float32, seed: int = 0, cache_dir=None) -> EMOPipeline:
+        """A random tiny model (smoke runs and tests; its video is noise-like by design)."""
+        from emo.conditioning.audio import AudioEncoder
+        from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
+
+        return cls(tiny_emo(seed), tiny_vae(seed), AudioEncoder(tiny_audio_model(seed)), device, dtype, cache_dir)
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def prepare_audio(self, audio_path: str | Path, opts: GenerationOptions) -> tuple[np.ndarray, torch.Tensor]:
+        """Waveform (16 kHz mono) and windowed per-frame features (F, 2m+1, L, D)."""
+        waveform = load_audio(audio_path, SAMPLE_RATE)
+        duration = waveform.size / SAMPLE_RATE
+        if opts.max_duration and duration > opts.max_duration:
+            raise EmoError(f"{audio_path} is {duration:.0f} s long, over the {opts.max_duration:.0f} s limit; "
+                           "pass --max-duration 0 (no limit) or a larger value to generate it anyway")
+        num_frames = num_frames_for(duration, opts.fps)
+        features = self.audio_encoder.frame_features(waveform, opts.fps, num_frames, cache_dir=self.cache_dir)
+        proj = self.model.audio_projector.config
+        if features.shape[1:] != (proj.num_layers, proj.feature_dim):
+            raise EmoError(f"the audio encoder gives {features.shape[1]} layers x {features.shape[2]} features, the "
+                           f"model expects {proj.num_layers} x {proj.feature_dim}: use the wav2vec2 it was trained with")
+        return waveform, window(features, proj.window // 2)
+
+    def prepare_portrait(self, image_path: str | Path, opts: GenerationOptions):
+        from emo.conditioning.face import prepare_portrait
+
+        return prepare_portrait(image_path, size=opts.size, region=opts.region, strict=opts.strict)
+
+    def speed_window(self, num_frames: int, speed: float) -> torch.Tensor:
+        """(F, 2m+1): one constant speed per video (EMO Sec. 3.3)."""
+        return torch.full((num_frames, self.model.speed_encoder.config.window), float(speed))
+
+    @torch.no_grad()
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(self.device, self.dtype) / 127.5 - 1
+        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor  # (1, 4, h, w)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int):
+        """(F, 4, h, w) latents -> uint8 frames (h*8, w*8, 3), a few at a time."""
+        for start in range(0, latents.shape[0], chunk):
+            pixels = self.vae.decode(latents[start:start + chunk] / self.vae.config.scaling_factor).sample
+            pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            yield from rearrange(pixels, "f c h w -> f h w c").cpu().numpy()
+
+    # -- generation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def denoise_clip(self, noise: torch.Tensor, audio: torch.Tensor, speed: torch.Tensor, mask: torch.Tensor,
+                     reference: torch.Tensor, motion: torch.Tensor | None, opts: GenerationOptions,
+                     progress=None) -> torch.Tensor:
+        """One clip: (1, f, 4, h, w) noise -> denoised latents, with one ReferenceNet pass."""
+        passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
+        reference_variants = sorted({ref_on for ref_on, _ in passes}, reverse=True)  # True first
+        images = torch.cat([reference if on else torch.zeros_like(reference) for on in reference_variants])
+        motion_batch = None if motion is None else motion.expand(len(reference_variants), *motion.shape[1:])
+        features = self.model.reference_features(images, motion_batch, num_motion=opts.motion_frames)
+        self.reference_calls += 1
+        by_variant = {on: _select(features, i) for i, on in enumerate(reference_variants)}
+        batched_ref = by_variant[passes[0][0]]
+        for ref_on, _ in passes[1:]:
+            batched_ref = batched_ref.cat(by_variant[ref_on])
+        cond = Conditioning(
+            audio=torch.cat([audio if audio_on else torch.zeros_like(audio) for _, audio_on in passes]),
+            speed=speed.expand(len(passes), *speed.shape[1:]),
+            face_mask=mask.expand(len(passes), *mask.shape[1:]),
+        )
+        scheduler = make_scheduler(opts.sampler)
+        scheduler.set_timesteps(opts.steps, device=self.device)
+        latents = noise * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(latents, t).expand(len(passes), *latents.shape[1:])
+            timesteps = t.reshape(1).expand(len(passes)).to(self.device)
+            eps = self.model(model_in.to(self.dtype), timesteps, cond, batched_ref).float()
+            guided = sum(w * e for w, e in zip(weights, eps.chunk(len(passes))))
+            latents = scheduler.step(guided, t, latents).prev_sample
+            if progress is not None:
+                progress.update(1)
+        return latents
+
+    def generate(self, image_path: str | Path, audio_path: str | Path, out_path: str | Path,
+                 opts: GenerationOptions = GenerationOptions(), overwrite: bool = False,
+                 progress: bool = True) -> GenerationResult:
+        opts.validate()
+        start = time.perf_counter()
+        out_path = Path(out_path)
+        if out_path.exists() and not overwrite:
+            raise EmoError(f"{out_path} exists; pass --overwrite to replace it")
+        waveform, audio = self.prepare_audio(audio_path, opts)  # (F, 2m+1, L, D)
+        portrait = self.prepare_portrait(image_path, opts)
+        total = audio.shape[0]
+        f, n = opts.clip_frames, opts.motion_frames
+        clips = math.ceil(total / f)
+        # Pad the last clip to f frames with its final audio frame; the extra frames are never written.
+        audio = torch.cat([audio, audio[-1:].expand(clips * f - total, *audio.shape[1:])])
+        speed = self.speed_window(clips * f, opts.speed)
+        mask = torch.from_numpy(np.ascontiguousarray(portrait.mask, dtype=np.float32))[None, None].to(self.device)
+        reference = self.encode_image(portrait.image)
+        h, w = reference.shape[-2:]
+        generator = torch.Generator("cpu").manual_seed(opts.seed)
+
+        written = 0
+        motion = None  # previous clip's last n latents; the first clip gets zero motion features
+        bar = tqdm(total=clips * opts.steps, desc="generating", unit="step", disable=not progress)
+        with VideoWriter(out_path, opts.fps, opts.size, opts.size, audio=waveform, audio_rate=SAMPLE_RATE,
+                         overwrite=overwrite) as writer:
+            for clip in range(clips):
+                window_ = slice(clip * f, (clip + 1) * f)
+                noise = torch.randn(1, f, 4, h, w, generator=generator).to(self.device)
+                latents = self.denoise_clip(
+                    noise, audio[window_][None].to(self.device, self.dtype), speed[window_][None].to(self.device),
+                    mask, reference, motion, opts, bar)
+                motion = latents[:, -n:].to(self.dtype) if n else None
+                keep = min(f, total - written)
+                for frame in self.decode(latents[0, :keep].to(self.dtype), opts.decode_chunk):
+                    writer.write(frame)
+                written += keep
+                bar.set_postfix(clip=f"{clip + 1}/{clips}")
+        bar.close()
+        return GenerationResult(out_path, written, clips, time.perf_counter() - start)
+
+
+def _select(features: ReferenceFeatures, index: int) -> ReferenceFeatures:
+    """Batch item `index` of a batched ReferenceNet output."""
+    n = features.num_motion
+    motion = None if features.motion is None else {
+        k: v[index * n:(index + 1) * n] for k, v in features.motion.items()}
+    return ReferenceFeatures({k: v[index:index + 1] for k, v in features.spatial.items()}, motion, n)

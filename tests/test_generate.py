@@ -1,0 +1,228 @@
+"""`emo generate` (issue 4): the pipeline and the CLI on the tiny preset with real fixture media."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from emo.errors import EmoError
+from emo.media import iter_video_frames, load_audio, probe_video
+from emo.pipeline import EMOPipeline, GenerationOptions, guidance_plan
+from emo.tiny import save_tiny_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTRAIT = ROOT / "examples" / "portrait.jpg"
+SPEECH = ROOT / "examples" / "speech.wav"
+# Small and fast: 64² output, 2 steps, 10 fps -> 1.5 s of audio is 15 frames = 2 clips of 12.
+FAST = GenerationOptions(steps=2, size=64, fps=10, clip_frames=12, motion_frames=4)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return save_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def short_audio(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audio") / "speech_1.5s.wav"
+    sf.write(path, load_audio(SPEECH)[: int(1.5 * 16000)], 16000)
+    return path
+
+
+@pytest.fixture()
+def pipe(weights):
+    return EMOPipeline.from_weights(weights)
+
+
+def frames_of(path: Path) -> np.ndarray:
+    return np.stack(list(iter_video_frames(path)))
+
+
+def test_video_has_the_right_frames_fps_size_and_audio(pipe, short_audio, tmp_path):
+    out = tmp_path / "out.mp4"
+    result = pipe.generate(PORTRAIT, short_audio, out, FAST, progress=False)
+    info = probe_video(out)
+    expected_frames = math.ceil(1.5 * FAST.fps)
+    assert result.frames == expected_frames == len(frames_of(out))
+    assert result.clips == 2
+    assert (info.width, info.height) == (64, 64) and info.fps == pytest.approx(FAST.fps)
+    assert info.has_audio
+    with av.open(str(out)) as container:
+        stream = container.streams.audio[0]
+        audio_seconds = float(stream.duration * stream.time_base)
+    assert audio_seconds == pytest.approx(1.5, abs=0.1)
+    assert not list(tmp_path.glob("*.tmp*")) and sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_same_seed_same_frames_other_seed_other_frames(pipe, short_audio, tmp_path):
+    a, b, c = (tmp_path / f"{n}.mp4" for n in "abc")
+    pipe.generate(PORTRAIT, short_audio, a, FAST, progress=False)
+    pipe.generate(PORTRAIT, short_audio, b, FAST, progress=False)
+    from dataclasses import replace
+
+    pipe.generate(PORTRAIT, short_audio, c, replace(FAST, seed=1), progress=False)
+    assert np.array_equal(frames_of(a), frames_of(b))
+    assert not np.array_equal(frames_of(a), frames_of(c))
+
+
+@pytest.mark.parametrize("guidance", [(1.0, 1.0), (2.0, 3.0)])
+def test_reference_net_runs_once_per_clip(pipe, short_audio, tmp_path, guidance):
+    from dataclasses import replace
+
+    calls = []
+    original = pipe.model.reference_net.reference_features
+    pipe.model.reference_net.reference_features = lambda *a, **k: calls.append(1) or original(*a, **k)
+    opts = replace(FAST, reference_guidance=guidance[0], audio_guidance=guidance[1])
+    result = pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", opts, progress=False)
+    assert len(calls) == result.clips == 2
+
+
+@pytest.mark.parametrize("motion_frames", [4, 0])
+def test_first_clip_reaches_the_second_through_motion_frames(weights, short_audio, tmp_path, motion_frames):
+    """Change the audio of clip 1 only (outside clip 2's audio window): clip 2 changes iff motion frames carry."""
+    from dataclasses import replace
+
+    opts = replace(FAST, motion_frames=motion_frames)
+    videos = []
+    for bump in (0.0, 3.0):
+        pipe = EMOPipeline.from_weights(weights)
+        prepare = pipe.prepare_audio
+
+        def bumped(path, o, prepare=prepare, bump=bump):
+            waveform, features = prepare(path, o)
+            features = features.clone()
+            features[:8] += bump  # frames 0-7; clip 2 (frames 12-23) sees audio frames 10+ at most
+            return waveform, features
+
+        pipe.prepare_audio = bumped
+        out = tmp_path / f"m{motion_frames}_{bump}.mp4"
+        pipe.generate(PORTRAIT, short_audio, out, opts, progress=False)
+        videos.append(frames_of(out))
+    first_clip_changed = not np.array_equal(videos[0][:8], videos[1][:8])
+    second_clip_changed = not np.array_equal(videos[0][12:], videos[1][12:])
+    assert first_clip_changed
+    assert second_clip_changed == (motion_frames > 0)
+
+
+def test_region_and_speed_reach_the_network(pipe, short_audio, tmp_path):
+    from dataclasses import replace
+
+    seen = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda noisy, t, cond, ref: seen.append(cond) or forward(noisy, t, cond, ref)
+
+    def first_cond(**changes):
+        seen.clear()
+        pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", replace(FAST, **changes), overwrite=True,
+                      progress=False)
+        return seen[0]
+
+    face, full = first_cond(region="face"), first_cond(region="full")
+    assert face.face_mask.sum() < full.face_mask.sum() == full.face_mask.numel()
+    slow, fast = first_cond(speed=0.2), first_cond(speed=1.2)
+    assert torch.all(slow.speed == 0.2) and torch.all(fast.speed == 1.2)
+    emb = pipe.model.speed_encoder
+    assert not torch.allclose(emb(slow.speed[0]), emb(fast.speed[0]))
+
+
+def test_guidance_plan_combines_as_documented():
+    e00, e10, e11, e01 = (torch.full((1,), v) for v in (1.0, 2.0, 4.0, 3.0))
+    eps = {(False, False): e00, (True, False): e10, (True, True): e11, (False, True): e01}
+    for s_ref, s_audio in [(1.0, 1.0), (1.0, 3.0), (2.0, 1.0), (2.0, 3.0)]:
+        passes, weights = guidance_plan(s_ref, s_audio)
+        got = sum(w * eps[p] for p, w in zip(passes, weights))
+        if s_audio == 1.0 and s_ref != 1.0:
+            expected = e01 + s_ref * (e11 - e01)
+        else:
+            expected = e00 + s_ref * (e10 - e00) + s_audio * (e11 - e10) if s_ref != 1.0 else e10 + s_audio * (e11 - e10)
+        assert torch.allclose(got, expected)
+    assert guidance_plan(1.0, 1.0)[0] == [(True, True)]  # guidance off costs one pass
+
+
+def test_bfloat16_runs_on_cpu(weights, short_audio, tmp_path):
+    pipe = EMOPipeline.from_weights(weights, dtype=torch.bfloat16)
+    result = pipe.generate(PORTRAIT, short_audio, tmp_path / "bf16.mp4", FAST, progress=False)
+    assert result.frames == 15
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+def test_existing_output_is_kept(pipe, short_audio, tmp_path):
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"precious")
+    with pytest.raises(EmoError, match="--overwrite"):
+        pipe.generate(PORTRAIT, short_audio, out, FAST, progress=False)
+    assert out.read_bytes() == b"precious"
+
+
+def test_no_face_fails_without_partial_output(pipe, short_audio, tmp_path):
+    blank = tmp_path / "blank.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(blank)
+    with pytest.raises(EmoError, match="--region"):
+        pipe.generate(blank, short_audio, tmp_path / "x.mp4", FAST, progress=False)
+    assert not (tmp_path / "x.mp4").exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_missing_checkpoint_component(weights, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(weights, broken)
+    shutil.rmtree(broken / "speed_encoder")
+    with pytest.raises(EmoError, match="speed_encoder"):
+        EMOPipeline.from_weights(broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(EmoError, match="--vae"):
+        EMOPipeline.from_weights(broken)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "emo.cli", "generate", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path):
+    out = tmp_path / "cli.mp4"
+    done = run_cli("--weights", weights, "--image", PORTRAIT, "--audio", short_audio, "--out", out,
+                   "--steps", 2, "--size", 64, "--fps", 10, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "15 frames" in done.stdout and out.is_file()
+
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(f'[{{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j1.mp4"}"}},'
+                    f' {{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j2.mp4"}", "seed": 3}}]')
+    done = run_cli("--weights", weights, "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "j1.mp4").is_file() and (tmp_path / "j2.mp4").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps"),
+    (["--region", "middle"], "region"),
+    (["--size", "100"], "--size"),
+    (["--audio", "/nonexistent.wav"], "nonexistent.wav"),
+])
+def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, args, message):
+    base = {"--weights": str(weights), "--image": str(PORTRAIT), "--audio": str(short_audio),
+            "--out": str(tmp_path / "o.mp4"), "--size": "64", "--steps": "1"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    done = run_cli(*[x for kv in base.items() for x in kv], "--quiet")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emo: error:") and message in lines[0]
+    assert "Traceback" not in done.stderr and not (tmp_path / "o.mp4").exists()
+
+
+def test_unwritable_output_directory(weights, short_audio, tmp_path):
+    done = run_cli("--weights", weights, "--image", PORTRAIT, "--audio", short_audio,
+                   "--out", tmp_path / "missing-dir" / "o.mp4", "--steps", 1, "--size", 64, "--quiet")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
