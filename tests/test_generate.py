@@ -222,7 +222,12 @@ def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, a
     assert "Traceback" not in done.stderr and not (tmp_path / "o.mp4").exists()
 
 
-def test_unwritable_output_directory(weights, short_audio, tmp_path):
-    done = run_cli("--weights", weights, "--image", PORTRAIT, "--audio", short_audio,
-                   "--out", tmp_path / "missing-dir" / "o.mp4", "--steps", 1, "--size", 64, "--quiet")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_path):
+    common = ["--weights", weights, "--image", PORTRAIT, "--audio", short_audio, "--steps", 1, "--size", 64,
+              "--fps", 10, "--quiet"]
+    done = run_cli(*common, "--out", tmp_path / "new" / "dir" / "o.mp4")
+    assert done.returncode == 0 and (tmp_path / "new" / "dir" / "o.mp4").is_file()
+    (tmp_path / "a-file").write_text("not a folder")
+    done = run_cli(*common, "--out", tmp_path / "a-file" / "o.mp4")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "output folder" in done.stderr
+    assert (tmp_path / "a-file").read_text() == "not a folder"

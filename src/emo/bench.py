@@ -10,6 +10,7 @@ HELP = "measure speed and memory (model, face, audio, generate, preprocess, trai
 # target -> module; add a line when a benchmark exists.
 TARGETS: dict[str, str] = {
     "model": "emo.models.bench",
+    "generate": "emo.generate_bench",
     "audio": "emo.conditioning.bench_audio",
     "face": "emo.conditioning.bench_face",
     "preprocess": "emo.data.bench",

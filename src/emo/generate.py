@@ -144,6 +144,10 @@ def run(args) -> int:
         out = Path(job["out"])
         if out.exists() and not args.overwrite:
             raise EmoError(f"{out} exists; pass --overwrite to replace it")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmoError(f"cannot create the output folder {out.parent}: {exc.strerror}") from None
 
     for job in jobs:  # fail before the model loads
         for key in ("image", "audio"):

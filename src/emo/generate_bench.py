@@ -1,0 +1,92 @@
+"""`emo bench generate`: seconds per frame and peak memory against audio length (tiny preset on CPU by default).
+
+Each audio length runs in its own process so its peak RSS is its own; flat memory means a 60 s track peaks
+about where a 5 s one does (frames are streamed to the encoder, never held).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HELP = "generation s/frame and peak memory for short vs long audio"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--lengths", default="5,60", help="audio lengths in seconds (default 5,60)")
+    parser.add_argument("--size", type=int, default=256, help="output side (default 256)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
+    parser.add_argument("--weights", help="a trained checkpoint instead of the random tiny preset")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--audio-guidance", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image", default=str(EXAMPLES / "portrait.jpg"))
+    parser.add_argument("--audio", default=str(EXAMPLES / "speech.wav"), help="looped to each length")
+    parser.add_argument("--one", type=float, help=_suppressed())
+
+
+def _suppressed():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _run_one(args) -> dict:
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from emo.media import load_audio
+    from emo.pipeline import EMOPipeline, GenerationOptions
+    from emo.resources import peak_rss_mib
+
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    speech = load_audio(args.audio)
+    samples = int(args.one * 16000)
+    looped = np.tile(speech, samples // speech.size + 1)[:samples]
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "audio.wav"
+        sf.write(wav, looped, 16000)
+        pipe = (EMOPipeline.from_weights(args.weights, device=args.device, dtype=dtype) if args.weights
+                else EMOPipeline.tiny(args.device, dtype))
+        opts = GenerationOptions(steps=args.steps, size=args.size, audio_guidance=args.audio_guidance)
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        result = pipe.generate(args.image, wav, Path(tmp) / "out.mp4", opts, progress=False)
+        seconds = time.perf_counter() - start
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
+    return {"seconds": seconds, "frames": result.frames, "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": gpu}
+
+
+def run(args) -> int:
+    if args.one:
+        print(json.dumps(_run_one(args)))
+        return 0
+    rows = []
+    for length in [float(x) for x in args.lengths.split(",")]:
+        cmd = [sys.executable, "-m", "emo.cli", "bench", "generate", "--one", str(length), "--size", str(args.size),
+               "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype, "--threads",
+               str(args.threads), "--image", args.image, "--audio", args.audio, "--audio-guidance",
+               str(args.audio_guidance)] + (["--weights", args.weights] if args.weights else [])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        rows.append((length, json.loads(done.stdout.strip().splitlines()[-1])))
+    model = args.weights or "tiny preset (random)"
+    print(f"{model}, {args.size}², {args.steps} steps, {args.device} {args.dtype}, {args.threads} threads")
+    for length, r in rows:
+        gpu = f", peak GPU {r['peak_gpu_mib']:.0f} MiB" if r["peak_gpu_mib"] else ""
+        print(f"  {length:6.1f} s audio: {r['frames']:5d} frames, {r['seconds']:7.1f} s, "
+              f"{r['seconds'] / r['frames']:.3f} s/frame, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}")
+    if len(rows) > 1:
+        print(f"peak RSS ratio longest/shortest: {rows[-1][1]['peak_rss_mib'] / rows[0][1]['peak_rss_mib']:.2f}x")
+    return 0
