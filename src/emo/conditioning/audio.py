@@ -39,10 +39,12 @@ FRAME_RATE = SAMPLE_RATE / HOP  # 50 Hz
 class ChunkConfig:
     """How long audio is cut for bounded memory."""
 
-    chunk_seconds: float = 30.0  # core length of one chunk; attention cost grows with its square
-    context_seconds: float = (
-        2.0  # audio encoded on each side of a core and discarded (> the ±1.28 s positional conv)
-    )
+    # Core length of one chunk. Attention cost per frame grows with the chunk, context overhead shrinks;
+    # 20 s (1000 frames) is near the minimum of the two for wav2vec2-base.
+    chunk_seconds: float = 20.0
+    # Audio encoded on each side of a core and then discarded; more than the ±1.28 s reach of the
+    # positional convolution (kernel 128 frames), so every kept frame sees real neighbours.
+    context_seconds: float = 1.5
 
 
 def _num_frames_50hz(num_samples: int) -> int:
@@ -152,25 +154,32 @@ class AudioEncoder:
 
         wav2vec2-base's first conv layer ends in a GroupNorm with one group per channel, which normalises
         over time: run per chunk it would use per-chunk statistics and chunk boundaries would show. We
-        compute the global statistics once (the conv is cheap) and apply them in every chunk, which
-        makes the CNN features exactly independent of chunking.
+        compute the global statistics once and apply them in every chunk, which makes the CNN features
+        exactly independent of chunking. The conv is linear, h_c(t) = w_c·x_t + b_c over the input
+        windows x_t, so mean and variance follow from the mean m and second moment S = E[x_t x_tᵀ] of
+        the windows (k×k, k = 10): E[h_c] = w_c·m + b_c, E[h_c²] = w_cᵀ S w_c + 2 b_c w_c·m + b_c².
+        No (C, T) activation is ever formed.
         """
         conv = self.model.feature_extractor.conv_layers[0].conv
         kernel, stride = conv.kernel_size[0], conv.stride[0]
-        total = (x.numel() - kernel) // stride + 1
-        block = 50_000  # conv outputs per block (~100 MB of activations at 512 channels)
-        count, sums, squares = 0, 0.0, 0.0
-        for a in range(0, total, block):
-            b = min(total, a + block)
-            h = conv(x[stride * a : stride * (b - 1) + kernel][None, None].to(self.device, self.dtype))[
-                0
-            ]  # (C, t)
-            sums = sums + h.sum(dim=1, dtype=torch.float64)
-            squares = squares + h.square().sum(dim=1, dtype=torch.float64)
-            count += h.shape[1]
-        mean = sums / count
-        var = (squares / count - mean * mean).clamp_min(0)
-        return mean, var
+        windows = x.unfold(0, kernel, stride)  # (T0, k), a view
+        count = windows.shape[0]
+        first = torch.zeros(kernel, dtype=torch.float64)
+        second = torch.zeros(kernel, kernel, dtype=torch.float64)
+        for start in range(0, count, 1_000_000):  # ~80 MB of float64 windows at a time
+            block = windows[start : start + 1_000_000].double()
+            first += block.sum(0)
+            second += block.T @ block
+        m, s = first / count, second / count
+        w = conv.weight.detach().double().cpu()[:, 0]  # (C, k)
+        b = (
+            conv.bias.detach().double().cpu()
+            if conv.bias is not None
+            else torch.zeros(w.shape[0], dtype=torch.float64)
+        )
+        mean = w @ m + b
+        square = torch.einsum("ck,kl,cl->c", w, s, w) + 2 * b * (w @ m) + b * b
+        return mean.to(self.device), (square - mean * mean).clamp_min(0).to(self.device)
 
     @torch.inference_mode()
     def _cnn(self, segment: torch.Tensor, stats) -> torch.Tensor:
@@ -215,20 +224,29 @@ class AudioEncoder:
         """Yield ``(first_frame, features (t, L, D))`` chunks of the 50 Hz features, in order.
 
         Memory is bounded by one chunk whatever the audio length; consumers that stream (to disk, or to
-        the frame rate as :meth:`frame_features` does) never hold the whole (T50, L, D) array.
+        the frame rate as :meth:`frame_features` does) never hold the whole (T50, L, D) array. The CNN
+        runs once per frame (its context frames are kept for the next chunk); only the transformer
+        sees the context twice.
         """
         x = self._prepare(waveform_16k)
-        group_norm = self.model.config.feat_extract_norm == "group"
-        stats = self._conv0_statistics(x) if group_norm else None
+        stats = self._conv0_statistics(x) if self.model.config.feat_extract_norm == "group" else None
         total = _num_frames_50hz(x.numel())
         core = max(1, int(round(self.chunk.chunk_seconds * FRAME_RATE)))
         context = max(0, int(round(self.chunk.context_seconds * FRAME_RATE)))
+        cnn = torch.empty(
+            1, self.model.config.conv_dim[-1], 0, dtype=self.dtype, device=self.device
+        )  # (1, C, t)
+        cnn_start = 0  # frame index of cnn[..., 0]
         for c0 in range(0, total, core):
             c1 = min(total, c0 + core)
             f0, f1 = max(0, c0 - context), min(total, c1 + context)
-            # Frames f0..f1-1 need samples [HOP·f0, HOP·(f1-1) + RECEPTIVE_FIELD).
-            segment = x[HOP * f0 : HOP * (f1 - 1) + RECEPTIVE_FIELD]
-            features = self._transformer(self._cnn(segment, stats))  # (f1 - f0, L, D)
+            computed = cnn_start + cnn.shape[-1]
+            if f1 > computed:
+                # Frames computed..f1-1 need samples [HOP·computed, HOP·(f1-1) + RECEPTIVE_FIELD).
+                segment = x[HOP * computed : HOP * (f1 - 1) + RECEPTIVE_FIELD]
+                cnn = torch.cat([cnn, self._cnn(segment, stats)], dim=-1)
+            cnn, cnn_start = cnn[..., f0 - cnn_start :], f0  # drop frames no later chunk needs
+            features = self._transformer(cnn[..., : f1 - f0])  # (f1 - f0, L, D)
             yield c0, features[c0 - f0 : c1 - f0]
 
     def encode(self, waveform_16k: np.ndarray) -> torch.Tensor:
