@@ -14,6 +14,7 @@ TARGETS: dict[str, str] = {
     "audio": "emo.conditioning.bench_audio",
     "face": "emo.conditioning.bench_face",
     "preprocess": "emo.data.bench",
+    "train": "emo.training.bench",
 }
 
 

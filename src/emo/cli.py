@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "generate": "emo.generate",
     "preprocess": "emo.data.cli",
     "bench": "emo.bench",
+    "train": "emo.training.cli",
 }
 
 
