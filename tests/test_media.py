@@ -76,9 +76,10 @@ def test_compressed_audio_formats(tmp_path, suffix, codec, fmt):
     assert np.sqrt(np.mean(audio**2)) == pytest.approx(np.sqrt(np.mean(reference**2)), rel=0.15)
 
 
-def test_audio_track_of_mp4(tmp_path):
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_audio_track_of_video(tmp_path, suffix):
     speech = load_audio(SPEECH)
-    path = tmp_path / "talk.mp4"
+    path = tmp_path / f"talk{suffix}"
     with VideoWriter(path, 25, 64, 64, audio=speech) as writer:
         for _ in range(75):
             writer.write(np.zeros((64, 64, 3), np.uint8))
