@@ -52,7 +52,7 @@ def run(args) -> int:
                 if not copy.exists():
                     shutil.copyfile(v, copy)  # a copy, not a link: links resolve to one video id
                 total_s += probe_video(v).duration_s
-        config = PreprocessConfig(size=args.size, min_clip_s=2.0)
+        config = PreprocessConfig(size=args.size)
         started = time.perf_counter()
         summary = run_preprocess([inputs], work / "dataset", config, workers=args.workers, progress=False)
         wall = time.perf_counter() - started

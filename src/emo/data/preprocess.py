@@ -443,7 +443,14 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: _To
                 audio = load_audio(source, clipfmt.AUDIO_RATE)
             except EmoError as exc:
                 logger.warning("%s: audio unreadable, clips kept without audio (%s)", source, exc)
-        _extract(source, works, config, tools.make_tracker)
+        try:
+            _extract(source, works, config, tools.make_tracker)
+        except BaseException:
+            for work in works:  # free the MediaPipe graphs and file handles of a broken extraction
+                if work.writer is not None:
+                    work.writer.abort()
+                    work.tracker.close()
+            raise
         kept = []
         for work in works:
             if work.writer is None:  # the video ended before this clip (short decode at 30 fps)

@@ -66,7 +66,7 @@ class SceneCutDetector:
         if width > self.config.analysis_width:
             new_h = max(1, round(height * self.config.analysis_width / width))
             frame_rgb = cv2.resize(frame_rgb, (self.config.analysis_width, new_h), interpolation=cv2.INTER_AREA)
-        frame_bgr = np.ascontiguousarray(frame_rgb[..., ::-1])  # PySceneDetect works on OpenCV's BGR
+        frame_bgr = cv2.cvtColor(np.ascontiguousarray(frame_rgb), cv2.COLOR_RGB2BGR)  # PySceneDetect uses BGR
         for timecode in self._detector.process_frame(self._timecode(self._index), frame_bgr):
             self._cuts.append(int(timecode.frame_num))
         self._index += 1
