@@ -231,3 +231,24 @@ def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_pat
     done = run_cli(*common, "--out", tmp_path / "a-file" / "o.mp4")
     assert done.returncode == 2 and "Traceback" not in done.stderr and "output folder" in done.stderr
     assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("option", ["channels_last", "compile"])
+def test_speed_options_keep_the_output(weights, option):
+    """GPU speed options, checked on CPU: same prediction (compile traced by dynamo, run with aot_eager)."""
+    from emo.models import Conditioning
+
+    def predict(pipe):
+        torch.manual_seed(0)
+        cfg = pipe.model.audio_projector.config
+        noisy = torch.randn(1, 3, 4, 8, 8)
+        cond = Conditioning(audio=torch.randn(1, 3, cfg.window, cfg.num_layers, cfg.feature_dim),
+                            speed=torch.rand(1, 3, 5), face_mask=torch.ones(1, 1, 64, 64))
+        with torch.no_grad():
+            ref = pipe.model.reference_features(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 8, 8))
+            return pipe.model(noisy, torch.tensor([500]), cond, ref)
+
+    plain = predict(EMOPipeline.from_weights(weights))
+    fast = EMOPipeline.from_weights(weights)
+    fast.optimize(channels_last=option == "channels_last", compile=option == "compile", compile_backend="aot_eager")
+    assert torch.allclose(predict(fast), plain, atol=1e-5)

@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                        help="compute precision (default: bfloat16 on GPU, float32 on CPU)")
+    model.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU speed)")
+    model.add_argument("--compile", action="store_true", help="torch.compile the backbone (GPU speed; the first "
+                       "clip pays the compile time)")
     model.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "emo" / "audio"),
                        help="audio-feature cache (default: %(default)s)")
     model.add_argument("--no-cache", action="store_true", help="do not cache audio features")
@@ -164,6 +167,7 @@ def run(args) -> int:
     else:
         pipe = EMOPipeline.from_weights(args.weights, args.vae, args.audio_encoder, device, dtype, cache)
 
+    pipe.optimize(channels_last=args.channels_last, compile=args.compile)
     failures = 0
     for job in jobs:
         opts = base
