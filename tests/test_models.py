@@ -6,13 +6,13 @@ import re
 
 import pytest
 import torch
-from models_helpers import animatediff_layout, diffusers_to_ldm_unet, tiny_diffusers_unet
 
 from emo.config import sd15, tiny
 from emo.errors import EmoError
 from emo.models import EMO, Conditioning
 from emo.models.loading import load_motion_module, load_sd15, read_state_dict
 from emo.models.unet import EMOUNet
+from models_helpers import animatediff_layout, diffusers_to_ldm_unet, tiny_diffusers_unet
 
 CFG = tiny()
 B, F, H, W = 1, 6, 8, 12  # non-square latents on purpose

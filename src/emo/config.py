@@ -5,7 +5,7 @@ A preset is a function returning a `ModelConfig`; every field is read when the n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from emo.errors import EmoError
 

@@ -2,7 +2,7 @@
 
   emo preprocess VIDEOS... --out DIR [--workers N] [--shard i/N] [--audio-encoder WAV2VEC2_DIR]
   emo preprocess --merge --out DIR                                  rebuild manifest + summary (after shards)
-  emo preprocess --add-audio-features --out DIR --audio-encoder WAV2VEC2_DIR
+  emo preprocess --add-audio-features --out DIR --audio-encoder WAV2VEC2_DIR [--device cuda] [--shard i/N]
 
 VIDEOS are video files, folders (searched recursively) or .txt files listing one path per line.
 Each video is split at scene cuts into 3-12 s clips; clips with no face, several faces, a face too
@@ -41,6 +41,7 @@ def add_arguments(parser) -> None:
     run.add_argument("--workers", type=int, default=1, metavar="N", help="processes on this machine (default 1)")
     run.add_argument("--shard", metavar="i/N", help="process only shard i of N (0-based) of the sorted video list")
     run.add_argument("--audio-encoder", metavar="DIR", help="local wav2vec2 folder; also store per-frame audio features")
+    run.add_argument("--device", default="cpu", help="where wav2vec2 runs (cpu, cuda, cuda:1...; default cpu)")
     run.add_argument("--retry-failed", action="store_true", help="process again videos recorded as failed")
     out = parser.add_argument_group("output")
     out.add_argument("--fps", type=float, default=d.fps, help=f"output frame rate (default {d.fps:g})")
@@ -110,7 +111,7 @@ def run(args) -> int:
         else:
             if not args.audio_encoder:
                 raise EmoError("--add-audio-features needs --audio-encoder WAV2VEC2_DIR")
-            summary = preprocess.add_audio_features(args.out, args.audio_encoder)
+            summary = preprocess.add_audio_features(args.out, args.audio_encoder, shard=args.shard, device=args.device)
     else:
         if not args.inputs:
             raise EmoError("give VIDEOS (files, folders or .txt lists), or --merge / --add-audio-features")
@@ -118,7 +119,7 @@ def run(args) -> int:
             raise EmoError(f"--workers must be >= 1, got {args.workers}")
         summary = preprocess.run_preprocess(
             args.inputs, args.out, config_from_args(args), workers=args.workers, shard=args.shard,
-            audio_encoder=args.audio_encoder, retry_failed=args.retry_failed,
+            audio_encoder=args.audio_encoder, retry_failed=args.retry_failed, device=args.device,
         )
     print(json.dumps(summary, indent=1))
     if summary["shards_missing"]:

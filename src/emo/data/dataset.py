@@ -9,7 +9,8 @@
 
 Randomness comes from ``numpy.random.default_rng((seed, epoch, index))``, never from global state, so
 item ``i`` is the same across runs and across any number of DataLoader workers; call ``set_epoch`` to
-draw new references / windows each epoch. Files are opened per item (no handles held), so the datasets
+draw new references / windows each epoch (with ``persistent_workers=True`` the workers keep their own
+copy of the dataset, so create the DataLoader per epoch or leave persistent workers off). Files are opened per item (no handles held), so the datasets
 pickle into worker processes.
 """
 

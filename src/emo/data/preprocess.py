@@ -172,7 +172,10 @@ def _analyse(source: Path, info, config: PreprocessConfig, analyzer) -> tuple[li
     step = max(1, int(round(info.fps / config.analysis_fps)))
     samples: list[_Sample] = []
     count = 0
-    for index, frame in enumerate(iter_video_frames(source)):
+    # Read at the source's own rate through the same timestamp-based resampler as pass 2: for a
+    # constant-rate video this is every frame once; for a variable-rate one, frame index / fps is then
+    # the same clock in both passes.
+    for index, frame in enumerate(iter_video_frames(source, fps=info.fps)):
         count += 1
         tiny, tiny_scale = shrink(frame, config.scene.analysis_width)
         detector.push(tiny)
@@ -384,7 +387,7 @@ class _Tracker:
 class _Tools:
     """Per-process heavy objects (face detector, audio encoder), built once per worker."""
 
-    def __init__(self, audio_encoder: str | None):
+    def __init__(self, audio_encoder: str | None, device: str = "cpu"):
         from emo.conditioning.face import FaceAnalyzer
 
         self.analyzer = FaceAnalyzer()
@@ -393,7 +396,7 @@ class _Tools:
         if audio_encoder:
             from emo.conditioning.audio import AudioEncoder
 
-            self.encoder = AudioEncoder.from_pretrained(audio_encoder)
+            self.encoder = AudioEncoder.from_pretrained(audio_encoder, device=device)
 
 
 def process_video(source: Path, root: Path, config: PreprocessConfig, tools: _Tools) -> dict:
@@ -506,10 +509,10 @@ def _commit(tmp: Path, final: Path) -> None:
 _WORKER_TOOLS: _Tools | None = None
 
 
-def _worker_init(audio_encoder: str | None) -> None:
+def _worker_init(audio_encoder: str | None, device: str) -> None:
     global _WORKER_TOOLS
     _single_threaded()
-    _WORKER_TOOLS = _Tools(audio_encoder)
+    _WORKER_TOOLS = _Tools(audio_encoder, device)
 
 
 def _worker_run(job: tuple[str, str, PreprocessConfig]) -> dict:
@@ -555,6 +558,7 @@ def run_preprocess(
     shard: str | None = None,
     audio_encoder: str | None = None,
     retry_failed: bool = False,
+    device: str = "cpu",
     progress: bool = True,
 ) -> dict:
     """Process every video of ``inputs`` (this shard's share) into ``root``; returns the summary.
@@ -597,7 +601,7 @@ def run_preprocess(
     bar = tqdm(total=len(todo), unit="video", disable=not progress or not todo)
     jobs = [(str(v), str(root), config) for v in todo]
     if workers <= 1 or len(todo) <= 1:
-        tools = _Tools(audio_encoder) if todo else None
+        tools = _Tools(audio_encoder, device) if todo else None
         for source, _, _ in jobs:
             _log_record(process_video(Path(source), root, config, tools))
             bar.update()
@@ -606,7 +610,7 @@ def run_preprocess(
 
         # spawn, not fork: MediaPipe and torch hold threads that a fork would copy in a broken state.
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(audio_encoder,)) as pool:
+        with context.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(audio_encoder, device)) as pool:
             for record in pool.imap_unordered(_worker_run, jobs, chunksize=1):
                 _log_record(record)
                 bar.update()
@@ -622,19 +626,31 @@ def _log_record(record: dict) -> None:
         )
 
 
-def add_audio_features(root: str | os.PathLike, audio_encoder: str, progress: bool = True) -> dict:
-    """Compute wav2vec2 features for every clip that has audio but no features yet; returns the summary."""
+def add_audio_features(
+    root: str | os.PathLike,
+    audio_encoder: str,
+    shard: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Compute wav2vec2 features for every clip that has audio but no features yet; returns the summary.
+
+    ``shard`` 'i/N' takes every N-th such clip (cluster array jobs); each feature file is written
+    atomically, so a killed run just resumes.
+    """
     from tqdm import tqdm
 
     from emo.conditioning.audio import AudioEncoder
     from emo.media import load_audio
 
     root = Path(root)
-    clips = [c for c in mf.read_manifest(root) if c["has_audio"] and not c["has_audio_features"]]
+    index, num_shards = parse_shard(shard)
+    clips = [c for c in mf.read_manifest(root) if c["has_audio"]]
+    clips = [c for c in clips[index::num_shards] if not (root / c["path"] / clipfmt.AUDIO_FEATURES).is_file()]
     if not clips:
         logger.info("every clip with audio already has audio features")
         return mf.build_manifest(root)
-    encoder = AudioEncoder.from_pretrained(audio_encoder)
+    encoder = AudioEncoder.from_pretrained(audio_encoder, device=device)
     for clip in tqdm(clips, unit="clip", disable=not progress):
         directory = root / clip["path"]
         wave = load_audio(directory / clipfmt.AUDIO, clipfmt.AUDIO_RATE)
