@@ -5,10 +5,13 @@ feature extractor does, ``do_normalize=True``) -> ``Wav2Vec2Model`` with ``outpu
 (T50, L, D) at 50 Hz (L = layers + 1, the CNN-projected input included) -> linear interpolation in time
 to the video frame rate -> (F, L, D), F = ceil(duration * fps).
 
-Long audio runs in chunks so memory stays bounded: the 50 Hz frame grid is cut into cores of
-``chunk_seconds``; each core is encoded together with ``context_seconds`` of audio on both sides and only
-the core's frames are kept (overlap-discard stitching). Chunk starts are aligned to the 320-sample
-hop of the CNN so chunk frames land exactly on the global frame grid.
+Long audio runs in chunks so memory stays bounded whatever the length: the 50 Hz frame grid is cut into
+cores of ``chunk_seconds``; each core goes through the transformer together with ``context_seconds`` of
+neighbouring frames on both sides, and only the core's frames are kept (overlap-discard stitching).
+The CNN front-end is made exactly chunk-independent: chunk starts are aligned to its 320-sample hop,
+the GroupNorm of its first layer uses statistics of the whole waveform (computed in closed form), and
+each frame's CNN features are computed once and reused as the next chunk's context. Only attention
+across chunk edges differs from encoding everything at once (a test bounds the difference).
 """
 
 from __future__ import annotations
