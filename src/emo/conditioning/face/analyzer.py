@@ -153,10 +153,13 @@ class FaceAnalyzer:
         points[:, 1] += crop_box.y0
         return points
 
-    def analyze(self, image: np.ndarray) -> FaceObservation | None:
-        """Detect faces, then landmarks and pose of the largest; None if there is no face."""
+    def analyze(self, image: np.ndarray, boxes: list[Box] | None = None) -> FaceObservation | None:
+        """Detect faces, then landmarks and pose of the largest; None if there is no face.
+
+        ``boxes``: the result of :meth:`detect` on this image, if the caller already has it.
+        """
         image = np.asarray(image)
-        boxes = self.detect(image)
+        boxes = self.detect(image) if boxes is None else boxes
         landmarks = self._mesh_in_box(image, boxes[0]) if boxes else None
         if landmarks is None:
             # The detector can miss stylised faces the mesh still finds (and vice versa): last try.

@@ -61,7 +61,7 @@ def prepare_portrait(
     analyzer = analyzer or FaceAnalyzer()
     try:
         boxes = analyzer.detect(image)
-        observation = analyzer.analyze(image) if boxes else None
+        observation = analyzer.analyze(image, boxes=boxes) if boxes else None
     finally:
         if own:
             analyzer.close()
