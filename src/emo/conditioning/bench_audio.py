@@ -31,6 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--chunk-seconds", type=float, default=None, help="override the encoder's chunk length"
     )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
     parser.add_argument("--measure", nargs=2, metavar=("MODE", "SECONDS"), help=_suppress())
 
 
