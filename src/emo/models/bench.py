@@ -104,6 +104,36 @@ def _measure(args) -> dict:
     return {"seconds": seconds, "reference_seconds": ref_seconds, "peak_mib": _peak_mib(device), "params": params}
 
 
+def count_flops(args) -> dict:
+    """Forward FLOPs of both sides, counted on the meta device (shapes only: no memory, no time)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from emo.config import preset
+    from emo.models import EMO, Conditioning
+
+    cfg = preset(args.preset)
+    f, n, s = args.frames, args.motion_frames, args.latent
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_blocks)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in cfg.attention_blocks[::-1])
+    with torch.device("meta"), torch.no_grad():
+        model = EMO.from_config(cfg).eval()
+        unet = UNet2DConditionModel(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+                                    down_block_types=down, up_block_types=up, attention_head_dim=cfg.num_attention_heads,
+                                    norm_num_groups=cfg.norm_num_groups, cross_attention_dim=cfg.token_dim)
+        cond = Conditioning(audio=torch.randn(1, f, 2 * cfg.audio_window + 1, cfg.audio_layers, cfg.audio_feature_dim),
+                            speed=torch.rand(1, f, 2 * cfg.speed_window + 1), face_mask=torch.ones(1, 1, s * 8, s * 8))
+        with FlopCounterMode(display=False) as reference:
+            ref = model.reference_features(torch.randn(1, 4, s, s), torch.randn(1, n, 4, s, s))
+        with FlopCounterMode(display=False) as backbone:
+            model(torch.randn(1, f, 4, s, s), torch.tensor([500]), cond, ref)
+        with FlopCounterMode(display=False) as plain:
+            unet(torch.randn(f, 4, s, s), 500, encoder_hidden_states=torch.randn(f, 77, cfg.token_dim))
+    return {"backbone": backbone.get_total_flops(), "plain": plain.get_total_flops(),
+            "reference": reference.get_total_flops()}
+
+
 def run(args) -> int:
     if args.part:
         print(json.dumps(_measure(args)))
@@ -129,5 +159,8 @@ def run(args) -> int:
     print(f"ReferenceNet pass (reference + motion frames, once per clip): {emo['reference_seconds']:.2f} s")
     print(f"backbone forward:       {emo['seconds']:.2f} s   peak memory {emo['peak_mib']:.0f} MiB")
     print(f"plain SD UNet forward:  {plain['seconds']:.2f} s   peak memory {plain['peak_mib']:.0f} MiB")
-    print(f"ratio backbone / plain UNet: {emo['seconds'] / plain['seconds']:.2f}x")
+    print(f"ratio backbone / plain UNet: {emo['seconds'] / plain['seconds']:.2f}x (time)")
+    flops = count_flops(args)
+    print(f"forward FLOPs: backbone {flops['backbone'] / 1e12:.3f} T, plain UNet {flops['plain'] / 1e12:.3f} T "
+          f"({flops['backbone'] / flops['plain']:.2f}x), ReferenceNet pass {flops['reference'] / 1e12:.3f} T")
     return 0
