@@ -72,7 +72,7 @@ def run(args) -> int:
         return 0
     rows = []
     for length in [float(x) for x in args.lengths.split(",")]:
-        cmd = [sys.executable, "-m", "emo.cli", "bench", "generate", "--one", str(length), "--size", str(args.size),
+        cmd = [sys.executable, "-m", "emo.generate_bench", "--one", str(length), "--size", str(args.size),
                "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype, "--threads",
                str(args.threads), "--image", args.image, "--audio", args.audio, "--audio-guidance",
                str(args.audio_guidance)] + (["--weights", args.weights] if args.weights else [])
@@ -90,3 +90,11 @@ def run(args) -> int:
     if len(rows) > 1:
         print(f"peak RSS ratio longest/shortest: {rows[-1][1]['peak_rss_mib'] / rows[0][1]['peak_rss_mib']:.2f}x")
     return 0
+
+
+if __name__ == "__main__":  # the per-measurement child process
+    import argparse
+
+    _parser = argparse.ArgumentParser()
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

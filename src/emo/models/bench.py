@@ -140,7 +140,7 @@ def run(args) -> int:
         return 0
     results = {}
     for part in ("diffusers", "emo"):
-        cmd = [sys.executable, "-m", "emo.cli", "bench", "model", "--part", part, "--preset", args.preset,
+        cmd = [sys.executable, "-m", "emo.models.bench", "--part", part, "--preset", args.preset,
                "--frames", str(args.frames), "--motion-frames", str(args.motion_frames), "--latent", str(args.latent),
                "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
                "--dtype", args.dtype]
@@ -164,3 +164,11 @@ def run(args) -> int:
     print(f"forward FLOPs: backbone {flops['backbone'] / 1e12:.3f} T, plain UNet {flops['plain'] / 1e12:.3f} T "
           f"({flops['backbone'] / flops['plain']:.2f}x), ReferenceNet pass {flops['reference'] / 1e12:.3f} T")
     return 0
+
+
+if __name__ == "__main__":  # the per-measurement child process
+    import argparse
+
+    _parser = argparse.ArgumentParser()
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))
