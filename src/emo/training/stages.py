@@ -1,0 +1,164 @@
+"""What differs between the three training stages (EMO.md §3): the starting weights, the dataset, and how a
+batch becomes the network's inputs. What each stage *trains* is data: `StageConfig.components`.
+
+| stage | frames per item          | conditions                        | starts from                         |
+|-------|--------------------------|-----------------------------------|-------------------------------------|
+| 1     | 1 target frame           | reference, face mask              | SD1.5 (init.sd15)                   |
+| 2     | n motion + f current     | reference, face mask, motion, audio | stage 1 (init.checkpoint) + AnimateDiff (init.motion_module) |
+| 3     | n motion + f current     | as stage 2 + head speed           | stage 2 (init.checkpoint)           |
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from einops import rearrange
+
+from emo.errors import EmoError
+from emo.training.config import StageConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelInputs:
+    """One batch as clean latents and conditions, on the training device."""
+
+    target: torch.Tensor  # (B, F, C, h, w) clean latents of the frames to denoise
+    reference: torch.Tensor  # (B, C, h, w) clean latent of the reference image
+    motion: torch.Tensor | None  # (B, n, C, h, w) clean latents of the motion frames (stages 2/3)
+    num_motion: int  # n (0 in stage 1)
+    audio: torch.Tensor | None  # (B, F, 2m+1, L, D) windowed audio features (stages 2/3)
+    speed: torch.Tensor | None  # (B, F, 2m+1) windowed head speeds (stage 3)
+    mask: torch.Tensor  # (B, 1, H, W) face-region mask at pixel resolution
+
+
+def build_model(cfg: StageConfig):
+    """The network a stage starts from (EMO.md §3): SD1.5 for stage 1, the previous stage for 2 and 3."""
+    from emo.config import preset
+    from emo.models import EMO
+    from emo.models.loading import load_motion_module, load_sd15
+    from emo.training.export import load_trained_model
+
+    if cfg.init.checkpoint is not None:
+        model = load_trained_model(cfg.init.checkpoint)
+        log.info("stage %d starts from %s", cfg.stage, cfg.init.checkpoint)
+    else:
+        model = EMO.from_config(preset(cfg.model))
+        if cfg.init.sd15 is not None:
+            load_sd15(model, cfg.init.sd15)
+        else:
+            log.warning("init.sd15 is not set: the backbone and ReferenceNet start from random weights "
+                        "(fine for smoke runs; real training starts from SD1.5)")
+    if cfg.init.motion_module is not None:
+        load_motion_module(model, cfg.init.motion_module)
+    check_model_fits_data(model, cfg)
+    return model
+
+
+def check_model_fits_data(model, cfg: StageConfig) -> None:
+    """The audio/speed windows of the data must be the ones the network was built for."""
+    if not cfg.video:
+        return
+    windows = {"audio projector": model.audio_projector.config.window, "speed encoder": model.speed_encoder.config.window}
+    for what, size in windows.items():
+        if size != 2 * cfg.data.audio_window + 1:
+            raise EmoError(f"data.audio_window {cfg.data.audio_window} gives windows of {2 * cfg.data.audio_window + 1} "
+                           f"frames, the model's {what} takes {size}: set data.audio_window to {(size - 1) // 2}")
+    needed = cfg.data.num_motion_frames + cfg.data.num_frames
+    if needed > model.backbone.config.temporal_max_len:
+        raise EmoError(f"data.num_motion_frames + data.num_frames = {needed} is more than the temporal modules' "
+                       f"{model.backbone.config.temporal_max_len} positions")
+
+
+def build_dataset(cfg: StageConfig, root: str | Path | None = None, seed: int | None = None):
+    from emo.data.dataset import Stage1Dataset, VideoClipDataset
+
+    root = root or cfg.data.dataset
+    seed = cfg.train.seed if seed is None else seed
+    if not Path(root).is_dir():
+        raise EmoError(f"data.dataset {root} is not a directory; make one with `emo preprocess VIDEOS --out {root}`")
+    if cfg.video:
+        d = cfg.data
+        return VideoClipDataset(root, num_motion_frames=d.num_motion_frames, num_frames=d.num_frames,
+                                audio_window=d.audio_window, size=d.size, seed=seed)
+    return Stage1Dataset(root, size=cfg.data.size, seed=seed)
+
+
+@torch.no_grad()
+def encode_batch(batch: dict, vae, cfg: StageConfig, generator: torch.Generator, device, dtype) -> ModelInputs:
+    """Dataset items (pixels in [-1, 1]) -> latents and conditions.
+
+    The target frames are a sample of the VAE posterior (as in SD training); the reference and motion frames
+    use its mean, as generation does.
+    """
+    scale = vae.config.scaling_factor
+
+    def encode(pixels: torch.Tensor, sample: bool) -> torch.Tensor:  # (N, 3, H, W) -> (N, C, h, w)
+        dist = vae.encode(pixels.to(device, dtype)).latent_dist
+        if not sample:
+            return dist.mean * scale
+        noise = torch.randn(dist.mean.shape, generator=generator).to(device, dtype)
+        return (dist.mean + dist.std * noise) * scale
+
+    mask = batch["mask"].to(device)  # (B, 1, H, W)
+    reference = encode(batch["reference"], sample=False)  # (B, C, h, w)
+    if not cfg.video:
+        target = encode(batch["target"], sample=True)[:, None]  # (B, 1, C, h, w)
+        return ModelInputs(target, reference, None, 0, None, None, mask)
+
+    n = cfg.data.num_motion_frames
+    frames = batch["frames"]  # (B, n+f, 3, H, W)
+    b = frames.shape[0]
+    motion = None
+    if n:
+        motion = rearrange(encode(rearrange(frames[:, :n], "b t c h w -> (b t) c h w"), sample=False),
+                           "(b t) c h w -> b t c h w", b=b)  # (B, n, C, h, w)
+    target = rearrange(encode(rearrange(frames[:, n:], "b t c h w -> (b t) c h w"), sample=True),
+                       "(b t) c h w -> b t c h w", b=b)  # (B, f, C, h, w)
+    audio = batch["audio"].to(device)  # (B, f, 2m+1, L, D)
+    speed = batch["speed"].to(device) if cfg.stage >= 3 else None  # (B, f, 2m+1)
+    return ModelInputs(target, reference, motion, n, audio, speed, mask)
+
+
+def check_audio_features(inputs: ModelInputs, model) -> None:
+    if inputs.audio is None:
+        return
+    proj = model.audio_projector.config
+    if tuple(inputs.audio.shape[-2:]) != (proj.num_layers, proj.feature_dim):
+        raise EmoError(f"the dataset's audio features are {inputs.audio.shape[-2]} layers x {inputs.audio.shape[-1]}, "
+                       f"the model expects {proj.num_layers} x {proj.feature_dim}: compute them with the matching "
+                       "wav2vec2 (`emo preprocess --add-audio-features --audio-encoder DIR`)")
+
+
+def unused_parameters(net, model, cfg: StageConfig, device) -> list[str]:
+    """Names of trainable parameters that the stage's loss does not depend on at all.
+
+    One forward/backward on small constant inputs of the stage's shapes: a parameter whose gradient stays
+    None is not in the graph (e.g. the ReferenceNet's last transformer block: only its *input* is a
+    reference feature, so its attention, feed-forward and output projection feed nothing). Such parameters
+    are left out of the optimizer, so DDP needs no `find_unused_parameters` and checkpoints hold only what
+    trains.
+    """
+    from emo.models import Conditioning
+
+    b, h = 1, 8
+    frames = cfg.data.num_frames if cfg.video else 1
+    n = cfg.data.num_motion_frames if cfg.video else 0
+    c = model.backbone.config.in_channels
+    latent = torch.full((b, frames, c, h, h), 0.1, device=device)
+    motion = torch.full((b, n, c, h, h), 0.1, device=device) if n else None
+    proj = model.audio_projector.config
+    audio = torch.full((b, frames, proj.window, proj.num_layers, proj.feature_dim), 0.1, device=device) if cfg.video else None
+    speed = torch.full((b, frames, model.speed_encoder.config.window), 0.5, device=device) if cfg.stage >= 3 else None
+    mask = torch.ones((b, 1, h * 8, h * 8), device=device)
+    timesteps = torch.full((b,), 500, device=device)
+    keep = torch.ones(b, device=device) if n else None
+    eps = net(latent, timesteps, latent[:, 0], motion, n, keep, Conditioning(audio=audio, speed=speed, face_mask=mask))
+    eps.float().sum().backward()
+    unused = [k for k, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return unused

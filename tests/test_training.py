@@ -1,0 +1,309 @@
+"""`emo train`: the three stages on a dataset made by `emo preprocess` from a real fixture video.
+
+Every weight is tiny and random but saved in the real on-disk layouts: SD1.5 as a diffusers UNet folder,
+AnimateDiff as a diffusers MotionAdapter folder, the VAE as an AutoencoderKL folder, and the audio
+features come from a tiny wav2vec2 through the real preprocessing. Frames are 64² (latents 8²), clips
+are n=2 motion + f=4 current frames, so every stage runs a step in about a second on one CPU core.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emo.errors import EmoError
+from emo.models import EMO
+from emo.training import export as layout
+from emo.training.config import STAGE_COMPONENTS, config_from_dict, load_config
+from emo.training.trainer import Trainer
+
+DATA = Path(__file__).parent / "data"
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    from diffusers import MotionAdapter
+
+    from emo.config import tiny
+    from emo.data.preprocess import PreprocessConfig, run_preprocess
+    from emo.tiny import tiny_audio_model, tiny_vae
+    from models_helpers import tiny_diffusers_unet
+
+    root = tmp_path_factory.mktemp("training")
+    tiny_diffusers_unet().save_pretrained(root / "sd15" / "unet")  # a diffusers pipeline folder's unet/
+    tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
+    cfg = tiny()
+    torch.manual_seed(4)
+    adapter = MotionAdapter(block_out_channels=cfg.block_out_channels, motion_layers_per_block=cfg.layers_per_block,
+                            motion_mid_block_layers_per_block=1, motion_num_attention_heads=cfg.temporal_heads,
+                            motion_norm_num_groups=cfg.norm_num_groups, motion_max_seq_length=32,
+                            use_motion_mid_block=True)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    adapter.save_pretrained(root / "motion_adapter")
+    tiny_audio_model().save_pretrained(root / "wav2vec2", safe_serialization=True)
+    # 4 s of a real talking head -> one 120-frame clip at 30 fps, 64², with wav2vec2 features.
+    summary = run_preprocess([DATA / "hdtf_speech_256_4s.mp4"], root / "dataset",
+                             PreprocessConfig(size=64, min_clip_s=1.0, max_clip_s=4.0),
+                             audio_encoder=str(root / "wav2vec2"), progress=False)
+    assert summary["clips_with_audio_features"] == 1
+    return {"root": root, "sd15": root / "sd15", "vae": root / "vae", "adapter": root / "motion_adapter",
+            "dataset": root / "dataset", "wav2vec2": root / "wav2vec2"}
+
+
+def stage_config(assets, stage: int, out: Path, init: dict, train: dict | None = None, run: dict | None = None):
+    """A tiny stage config, as a user would write it (plain dict -> validated StageConfig)."""
+    return config_from_dict({
+        "stage": stage, "model": "tiny", "vae": str(assets["vae"]), "init": init,
+        "data": {"dataset": str(assets["dataset"]), "num_motion_frames": 2, "num_frames": 4, "num_workers": 0},
+        "train": {"batch_size": 2, "max_steps": 3, "lr": 1e-4, "weight_decay": 0.0, **(train or {})},
+        "run": {"output_dir": str(out), "checkpoint_every": 100, "validate_every": 0, **(run or {})},
+    })
+
+
+def named_groups(model: EMO, components: list[str]) -> set[str]:
+    ids = {id(p) for name in components for p in model.parameter_groups()[name]}
+    return {k for k, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.fixture(scope="module")
+def runs(assets, tmp_path_factory) -> dict[int, Path]:
+    """Stage 1 from SD1.5, stage 2 from stage 1 + AnimateDiff, stage 3 from stage 2: 3 steps each."""
+    root = tmp_path_factory.mktemp("runs")
+    inits = {1: {"sd15": str(assets["sd15"])},
+             2: {"checkpoint": str(root / "stage1"), "motion_module": str(assets["adapter"])},
+             3: {"checkpoint": str(root / "stage2")}}
+    out = {}
+    for stage in (1, 2, 3):
+        cfg = stage_config(assets, stage, root / f"stage{stage}", inits[stage],
+                           run={"validate_every": 3, "validation_steps": 2})
+        result = Trainer(cfg).fit()
+        assert result.step == 3 and all(math.isfinite(v) for v in result.losses.values())
+        out[stage] = root / f"stage{stage}"
+    return out
+
+
+# -- configs ------------------------------------------------------------------------------------------
+def test_shipped_configs_load_with_the_paper_settings():
+    full = {s: load_config(CONFIGS / f"stage{s}.yaml") for s in (1, 2, 3)}
+    assert [full[s].train.batch_size * full[s].train.gradient_accumulation for s in (1, 2, 3)] == [48, 4, 4]
+    for s, cfg in full.items():
+        assert (cfg.model, cfg.train.lr, cfg.data.size, cfg.stage) == ("sd15", 1e-5, 512, s)
+        assert cfg.components == STAGE_COMPONENTS[s]
+        if s > 1:
+            assert (cfg.data.num_motion_frames, cfg.data.num_frames) == (4, 12)
+    assert full[1].init.sd15 and full[2].init.motion_module and full[3].init.checkpoint
+    for s in (1, 2, 3):
+        assert load_config(CONFIGS / f"stage{s}_tiny.yaml").model == "tiny"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "unknown config key.*train.lrr"),
+    ("train.lr=-1", "train.lr must be > 0"),
+    ("train.batch_size=two", "train.batch_size must be an integer"),
+    ("train.components=[backbone.spatial,backbone.nope]", "train.components unknown component.*backbone.nope"),
+    ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
+    ("train.drop_audio=1.5", "train.drop_audio must be a probability"),
+    ("init.checkpoint=null", "init.checkpoint"),
+])
+def test_bad_config_values_name_the_field(override, message):
+    with pytest.raises(EmoError, match=message):
+        load_config(CONFIGS / "stage2_tiny.yaml", [override])
+
+
+# -- stages -------------------------------------------------------------------------------------------
+def test_each_stage_trains_exactly_its_components(runs):
+    """A stage changes exactly the parameters of its components (weight decay 0: with Adam a parameter
+    moves only if it received a gradient); every frozen parameter is bit-identical after the steps.
+
+    The one exception is structural: the ReferenceNet's last transformer block contributes only its input
+    (a reference feature), so its attention, feed-forward and output projection cannot affect the loss; the
+    trainer finds them and leaves them frozen."""
+    last = "reference_net.up_blocks.1.attentions.1."
+    never_used = {last + k for k in ("proj_out.weight", "proj_out.bias")} | {
+        f"{last}transformer_blocks.0.{k}" for k in (
+            "attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight", "attn1.to_out.0.weight",
+            "attn1.to_out.0.bias", "norm3.weight", "norm3.bias", "ff.net.0.proj.weight", "ff.net.0.proj.bias",
+            "ff.net.2.weight", "ff.net.2.bias")}
+    for stage, run_dir in runs.items():
+        before = EMO.from_pretrained(run_dir / layout.BASE)
+        after = layout.load_trained_model(run_dir)
+        trained = named_groups(before, STAGE_COMPONENTS[stage]) - never_used
+        a = dict(after.named_parameters())
+        changed = {k for k, p in before.named_parameters() if not torch.equal(p, a[k])}
+        assert changed == trained, (stage, sorted(trained - changed)[:5], sorted(changed - trained)[:5])
+        assert set(load_file(str(layout.resolve_checkpoint(run_dir) / layout.TRAINABLE))) == trained
+
+
+def test_stages_start_from_the_weights_they_name(assets, runs):
+    from emo.models.loading import read_motion_module, read_sd_unet
+
+    # Stage 1's starting network holds the SD1.5 weights; stage 2's the stage-1 result + AnimateDiff.
+    sd = read_sd_unet(assets["sd15"])
+    base1 = EMO.from_pretrained(runs[1] / layout.BASE).backbone.state_dict()
+    assert torch.equal(base1["conv_in.weight"], sd["conv_in.weight"])
+    base2 = EMO.from_pretrained(runs[2] / layout.BASE)
+    stage1 = layout.load_trained_model(runs[1])
+    for k, v in stage1.reference_net.state_dict().items():
+        assert torch.equal(base2.reference_net.state_dict()[k], v), k
+    motion = read_motion_module(assets["adapter"])  # the adapter in AnimateDiff names
+    backbone = base2.backbone.state_dict()
+    assert len(motion) > 0 and all(torch.equal(backbone[k], v) for k, v in motion.items())
+    # Each run logged its losses and wrote a validation video.
+    for run_dir in runs.values():
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+        assert all(r["lr"] > 0 and r["grad_norm"] > 0 and r["samples_per_s"] > 0 for r in records if "loss" in r)
+        assert (run_dir / "samples" / "step_00000003.mp4").stat().st_size > 0
+        assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "logs").iterdir())
+
+
+def test_unknown_component_is_an_error(assets, tmp_path):
+    with pytest.raises(EmoError, match="unknown component.*backbone.motion"):
+        stage_config(assets, 1, tmp_path / "x", {"sd15": str(assets["sd15"])},
+                     train={"components": ["backbone.spatial", "backbone.motion"]})
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+def test_resume_repeats_the_uninterrupted_run(assets, runs, tmp_path):
+    """Interrupted at step 3 and resumed to 6 == 6 steps straight: losses and weights (EMA included) equal
+    to 1e-6 (on CPU fp32 they are in fact bit-identical). Gradient accumulation, warmup, cosine LR, noise
+    offset, min-SNR weighting, EMA and all dropouts are on; the data are the first 5 clip windows, so the
+    12 micro-batches span 3 epochs and the interruption falls inside one (the data position matters)."""
+    from emo.training.stages import build_dataset
+
+    def config(out):
+        return stage_config(assets, 2, out, {"checkpoint": str(runs[1])},
+                            train={"batch_size": 1, "gradient_accumulation": 2, "max_steps": 6, "warmup_steps": 2,
+                                   "lr_schedule": "cosine", "noise_offset": 0.1, "snr_gamma": 5.0, "ema_decay": 0.9,
+                                   "drop_reference": 0.2, "drop_audio": 0.2, "drop_both": 0.2, "drop_motion": 0.3},
+                            run={"checkpoint_every": 2, "keep_checkpoints": 2})
+
+    def data():
+        return Head(build_dataset(config(tmp_path / "a")), 5)
+
+    straight = Trainer(config(tmp_path / "a"), dataset=data()).fit()
+    first = Trainer(config(tmp_path / "b"), dataset=data()).fit(stop_at=3)  # "interrupted" after step 3
+    assert first.step == 3 and first.last_checkpoint.name == "step_00000003"
+    with pytest.raises(EmoError, match="--resume auto"):
+        Trainer(config(tmp_path / "b"), dataset=data()).fit()  # a fresh start would overwrite the run
+    resumed = Trainer(config(tmp_path / "b"), dataset=data()).fit(resume="auto")
+    assert sorted(resumed.losses) == [4, 5, 6]
+    losses = {**first.losses, **resumed.losses}
+    assert max(abs(losses[s] - straight.losses[s]) for s in range(1, 7)) <= 1e-6
+    for name in (layout.TRAINABLE, layout.EMA):
+        a = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000006" / name))
+        b = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000006" / name))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    # Keep last K = 2: the older checkpoints are gone, the rest complete.
+    assert [p.name for p in layout.list_checkpoints(tmp_path / "b")] == ["step_00000004", "step_00000006"]
+
+
+class Head(torch.utils.data.Dataset):
+    """The first `count` items of a dataset (set_epoch passed through)."""
+
+    def __init__(self, data, count: int):
+        self.data, self.count = data, count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.data.set_epoch(epoch)
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        if index >= self.count:
+            raise IndexError(index)
+        return self.data[index]
+
+
+class PoisonAfter(torch.utils.data.Dataset):
+    """The real dataset, with NaN pixels from the `after`-th read on (a corrupt file, a bad decode...)."""
+
+    def __init__(self, data, after: int):
+        self.data, self.after, self.reads = data, after, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        item = self.data[index]
+        self.reads += 1
+        if self.reads > self.after:
+            item = {**item, "target": torch.full_like(item["target"], float("nan"))}
+        return item
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path):
+    from emo.training.stages import build_dataset
+
+    cfg = stage_config(assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])},
+                       train={"max_steps": 10}, run={"checkpoint_every": 2})
+    data = PoisonAfter(build_dataset(cfg), after=2 * 5)  # steps 1-5 are clean (batch 2), step 6 is not
+    with pytest.raises(EmoError, match=r"non-finite loss \(nan\) at step 6.*last good checkpoint is .*step_00000004"):
+        Trainer(cfg, dataset=data).fit()
+    (last,) = layout.list_checkpoints(tmp_path / "run")[-1:]
+    assert last.name == "step_00000004"
+    assert all(torch.isfinite(v).all() for v in load_file(str(last / layout.TRAINABLE)).values())
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def test_export_writes_what_generate_reads(assets, runs, tmp_path):
+    from emo.cli import main
+    from emo.pipeline import EMOPipeline
+
+    out = tmp_path / "weights"
+    assert main(["train", "export", str(runs[3]), "--out", str(out),
+                 "--audio-encoder", str(assets["wav2vec2"])]) == 0
+    exported = EMO.from_pretrained(out)
+    trained = layout.load_trained_model(runs[3])
+    t = dict(trained.named_parameters())
+    assert all(torch.equal(p, t[k]) for k, p in exported.named_parameters())
+    pipe = EMOPipeline.from_weights(out)  # vae/ and wav2vec2/ found inside the directory
+    assert pipe.vae.config.latent_channels == 4
+    assert main(["train", "export", str(runs[3]), "--out", str(out)]) == 2  # exists, no --overwrite
+
+
+def test_cli_trains_and_resumes(assets, runs, tmp_path, capsys):
+    from emo.cli import main
+
+    config = tmp_path / "stage3.yaml"
+    config.write_text((CONFIGS / "stage3_tiny.yaml").read_text())
+    args = [f"vae={assets['vae']}", f"init.checkpoint={runs[2]}", f"data.dataset={assets['dataset']}",
+            f"run.output_dir={tmp_path / 'run'}", "data.size=64", "data.num_motion_frames=2", "data.num_frames=4",
+            "data.num_workers=0", "run.validate_every=0", "train.batch_size=1"]
+    assert main(["train", str(config), *args, "--max-steps", "1"]) == 0
+    assert main(["train", str(config), *args, "--max-steps", "2", "--resume", "auto"]) == 0
+    assert "step 2" in capsys.readouterr().out
+    assert [p.name for p in layout.list_checkpoints(tmp_path / "run")][-1] == "step_00000002"
+    assert main(["train", str(config), "train.lr=-1"]) == 2
+    assert "train.lr must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_overfitting_one_clip_lowers_the_loss(assets, runs, tmp_path):
+    """Stage 2 on one fixed clip window for 100 steps: the loss on fixed noise and timesteps (the validation
+    loss, logged at step 0 and every 25 steps) falls clearly."""
+    from emo.training.stages import build_dataset
+
+    cfg = stage_config(assets, 2, tmp_path / "run", {"checkpoint": str(runs[1])},
+                       train={"batch_size": 1, "max_steps": 100, "lr": 1e-3, "drop_reference": 0.0,
+                              "drop_audio": 0.0, "drop_both": 0.0, "drop_motion": 0.0},
+                       run={"validate_every": 25, "validation_steps": 1})
+    one_clip = Head(build_dataset(cfg), 1)
+    Trainer(cfg, dataset=one_clip).fit()
+    curve = {}
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "validation_loss" in record:
+            curve[record["step"]] = record["validation_loss"]
+    print("validation loss by step:", {k: round(v, 4) for k, v in curve.items()})
+    assert sorted(curve) == [0, 25, 50, 75, 100]
+    assert curve[100] < 0.5 * curve[0]
