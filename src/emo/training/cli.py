@@ -16,8 +16,8 @@ HELP = "train a stage from a YAML config (resumable, 1 CPU to many GPUs); `emo t
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("target", nargs="+", metavar="CONFIG.yaml [key=value ...] | export RUN_DIR",
-                        help="a stage config and overrides, or `export` and a run/checkpoint directory")
+    parser.add_argument("target", nargs="+", metavar="ARG",
+                        help="CONFIG.yaml [section.key=value ...], or: export RUN_DIR|CHECKPOINT")
     run = parser.add_argument_group("training")
     run.add_argument("--resume", metavar="auto|PATH",
                      help="continue from the latest checkpoint of run.output_dir (auto) or from PATH")

@@ -193,6 +193,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
                                       weight_decay=t.weight_decay, eps=t.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        if acc.state.deepspeed_plugin is not None:  # no DataLoader goes through prepare(): tell DeepSpeed the batch
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
         self.net, self.optimizer = acc.prepare(TrainingModel(model), optimizer)
         self.ema = EMA(self.trainable, t.ema_decay) if t.ema_decay is not None else None
 
@@ -327,13 +329,14 @@ class Trainer:
                 position.epoch, position.batch = (epoch, b + 1) if b + 1 < self.batches_per_epoch else (epoch + 1, 0)
             if not acc.sync_gradients:
                 raise RuntimeError("gradient accumulation out of step with the optimizer")
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step used
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.trainable)
             position.step += 1
             loss_value = float(np.mean(step_losses))
             result.losses[position.step] = loss_value
-            self._log(position.step, loss_value, norm, time.perf_counter() - started)
+            self._log(position.step, loss_value, lr, norm, time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if position.step % r.checkpoint_every == 0 or position.step == end:
@@ -350,7 +353,7 @@ class Trainer:
             self.writer.close()
             self.writer = None
 
-    def _log(self, step: int, loss: float, norm, seconds: float) -> None:
+    def _log(self, step: int, loss: float, lr: float, norm, seconds: float) -> None:
         if not self.accelerator.is_main_process:
             return
         t = self.cfg.train
@@ -361,7 +364,7 @@ class Trainer:
             from emo.resources import peak_rss_mib
 
             memory = peak_rss_mib()
-        record = {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+        record = {"step": step, "loss": loss, "lr": lr,
                   "grad_norm": float(norm) if norm is not None else None, "samples_per_s": samples / seconds,
                   "step_s": seconds, "memory_mib": memory}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
