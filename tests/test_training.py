@@ -26,6 +26,16 @@ DATA = Path(__file__).parent / "data"
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: tiny ops gain nothing from two, and on a shared, busy CPU two threads waiting on
+    each other at every op made steps up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
     from diffusers import MotionAdapter
@@ -116,6 +126,30 @@ def test_shipped_configs_load_with_the_paper_settings():
 def test_bad_config_values_name_the_field(override, message):
     with pytest.raises(EmoError, match=message):
         load_config(CONFIGS / "stage2_tiny.yaml", [override])
+
+
+def test_condition_dropout_frequencies():
+    from emo.training.trainer import dropout_events
+
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    ref, audio = dropout_events(u, 0.05, 0.05, 0.05)
+    rates = {"reference only": (ref & ~audio).float().mean().item(), "audio only": (audio & ~ref).float().mean().item(),
+             "both": (ref & audio).float().mean().item()}
+    assert all(abs(r - 0.05) < 0.003 for r in rates.values()), rates
+    ref, audio = dropout_events(u, 0.0, 0.0, 0.0)
+    assert not ref.any() and not audio.any()
+
+
+def test_min_snr_weights_down_weight_only_low_noise_steps():
+    from emo.training.trainer import min_snr_weights, noise_schedule
+
+    alphas = noise_schedule().alphas_cumprod
+    t = torch.tensor([0, 50, 200, 500, 999])
+    w = min_snr_weights(alphas, t, 5.0)
+    snr = alphas[t] / (1 - alphas[t])
+    assert torch.allclose(w[snr <= 5], torch.ones_like(w[snr <= 5]))  # noisy steps: plain MSE
+    assert torch.allclose(w[snr > 5] * snr[snr > 5], torch.full_like(w[snr > 5], 5.0))  # clean steps: γ / SNR
+    assert (snr > 5).any() and (snr <= 5).any()
 
 
 # -- stages -------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default 5)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); on a busy "
+                        "shared CPU, 1 avoids threads waiting on each other")
 
 
 class SyntheticClips:
@@ -74,6 +76,8 @@ def run(args) -> int:
     from emo.training.config import config_from_dict
     from emo.training.trainer import Trainer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = args.size or (64 if args.preset == "tiny" else 512)
     model_cfg = preset(args.preset)
     print(f"emo bench train: preset {args.preset}, {size}², batch {args.batch}, f={args.frames}, n={args.motion}, "

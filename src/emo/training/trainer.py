@@ -130,6 +130,21 @@ def lr_lambda(cfg: StageConfig):
     return factor
 
 
+def dropout_events(u: torch.Tensor, p_reference: float, p_audio: float, p_both: float):
+    """(drop reference, drop audio) per sample from one uniform draw u (B,): the three events
+    "reference only", "audio only" and "both" are exclusive, with the given probabilities."""
+    both = (u >= p_reference + p_audio) & (u < p_reference + p_audio + p_both)
+    return (u < p_reference) | both, ((u >= p_reference) & (u < p_reference + p_audio)) | both
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023, Eq. 10): min(SNR(t), γ) / SNR(t), with
+    SNR(t) = ᾱ_t / (1 - ᾱ_t). Down-weights the easy low-noise timesteps; 1 where SNR <= γ."""
+    alpha = alphas_cumprod[timesteps]
+    snr = alpha / (1 - alpha)
+    return torch.clamp(snr, max=gamma) / snr
+
+
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
     value = int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(value)
@@ -257,11 +272,9 @@ class Trainer:
         timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen).to(self.device)
         noisy = self.noise.add_noise(target.float(), noise, timesteps)
 
-        u = torch.rand(b, generator=gen).to(self.device)  # one draw decides the (exclusive) dropout event
-        p_ref, p_audio, p_both = t.drop_reference, t.drop_audio, t.drop_both
-        drop_both = (u >= p_ref + p_audio) & (u < p_ref + p_audio + p_both)
-        drop_ref = (u < p_ref) | drop_both
-        drop_audio = ((u >= p_ref) & (u < p_ref + p_audio)) | drop_both
+        drop_ref, drop_audio = dropout_events(torch.rand(b, generator=gen), t.drop_reference, t.drop_audio,
+                                              t.drop_both)
+        drop_ref, drop_audio = drop_ref.to(self.device), drop_audio.to(self.device)
         reference = inputs.reference * (~drop_ref).to(inputs.reference.dtype)[:, None, None, None]
         audio = inputs.audio
         if audio is not None:
@@ -274,9 +287,7 @@ class Trainer:
         eps = self.net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
         per_sample = (eps.float() - noise).pow(2).flatten(1).mean(1)  # (B,)  EMO Eq. 1
         if t.snr_gamma is not None:
-            alpha = self.alphas_cumprod[timesteps]
-            snr = alpha / (1 - alpha)
-            per_sample = per_sample * torch.clamp(snr, max=t.snr_gamma) / snr
+            per_sample = per_sample * min_snr_weights(self.alphas_cumprod, timesteps, t.snr_gamma)
         return per_sample.mean()
 
     # -- the loop ----------------------------------------------------------------------------------
