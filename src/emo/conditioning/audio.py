@@ -141,12 +141,15 @@ class AudioEncoder:
         waveform = np.asarray(waveform, dtype=np.float32).reshape(-1)
         if waveform.size == 0:
             raise ValueError("waveform is empty")
-        x = torch.from_numpy(waveform.astype(np.float64))
+        x = torch.from_numpy(waveform)
         if self.do_normalize:
             # Normalise over the WHOLE waveform (as the feature extractor does), not per chunk, so that
-            # chunking does not change the input scale. Silence stays zeros.
-            x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
-        x = x.float()
+            # chunking does not change the input scale. Silence stays zeros. Sums in float64, data in
+            # float32: no float64 copy of a long track.
+            mean = x.sum(dtype=torch.float64) / x.numel()
+            centred = x - mean.float()
+            var = centred.square().sum(dtype=torch.float64) / x.numel()
+            x = centred.div_(float(torch.sqrt(var + 1e-7)))
         if x.numel() < RECEPTIVE_FIELD:  # too short for one 50 Hz frame: pad with silence
             x = torch.nn.functional.pad(x, (0, RECEPTIVE_FIELD - x.numel()))
         return x  # (N,)

@@ -47,12 +47,16 @@ def synthetic_speech(seconds: float, sample_rate: int = 16000, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     n = int(seconds * sample_rate)
-    t = np.arange(n, dtype=np.float64) / sample_rate
-    pitch = 170 + 60 * np.sin(2 * np.pi * 0.3 * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
-    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 0.5
-    return (0.2 * voice * envelope + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    out = np.empty(n, dtype=np.float32)
+    block = 10 * sample_rate  # float64 work in 10 s blocks: the generator must not dominate peak memory
+    for start in range(0, n, block):
+        t = np.arange(start, min(n, start + block), dtype=np.float64) / sample_rate
+        # Phase of a pitch 170 + 60 sin(2π 0.3 t) Hz, integrated in closed form (continuous across blocks).
+        phase = 2 * np.pi * (170 * t - 60 / (2 * np.pi * 0.3) * np.cos(2 * np.pi * 0.3 * t))
+        voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+        envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 0.5
+        out[start : start + len(t)] = 0.2 * voice * envelope + 0.01 * rng.standard_normal(len(t))
+    return out
 
 
 def _cpu_seconds() -> float:
