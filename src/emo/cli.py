@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "preprocess": "emo.data.cli",
     "bench": "emo.bench",
     "train": "emo.training.cli",
+    "evaluate": "emo.eval.cli",
 }
 
 

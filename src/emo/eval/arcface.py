@@ -1,0 +1,127 @@
+"""ArcFace identity embeddings for F-SIM (face similarity to the reference image).
+
+Network: insightface's ``arcface_torch`` iResNet (``iresnet100`` or ``iresnet50``), the layout of its
+released ``backbone.pth`` files (a plain state dict). Input: a 112×112 face aligned by a similarity
+transform of five landmarks (eye centres, nose tip, mouth corners) onto insightface's ``arcface_dst``
+template, RGB scaled to [-1, 1]. Our five points come from the Face Mesh landmarks (insightface uses
+its RetinaFace detector's keypoints).
+
+F-SIM = mean over frames of the cosine similarity between the reference image's embedding and each
+generated frame's, × 100 (the scale of EMO's Table 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from emo.errors import EmoError
+
+FLAG = "--arcface"
+WEIGHTS_NAME = "backbone.pth"
+# insightface's arcface_dst: where the five points sit in a 112×112 aligned face.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+DEPTHS = {"iresnet50": (3, 4, 14, 3), "iresnet100": (3, 13, 30, 3)}
+
+
+class IBasicBlock(nn.Module):
+    """Pre-activation-style residual block of iResNet: BN → conv → BN → PReLU → conv(stride) → BN."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
+        self.prelu = nn.PReLU(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + (x if self.downsample is None else self.downsample(x))
+
+
+class IResNet(nn.Module):
+    """iResNet for 112×112 faces -> 512-d embedding."""
+
+    def __init__(self, depths: tuple[int, int, int, int] = DEPTHS["iresnet100"], num_features: int = 512):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
+        self.prelu = nn.PReLU(64)
+        inplanes = 64
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), depths, strict=True), start=1):
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-5)
+            )
+            layers = [IBasicBlock(inplanes, planes, 2, downsample)]
+            layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
+            setattr(self, f"layer{index}", nn.Sequential(*layers))
+            inplanes = planes
+        self.bn2 = nn.BatchNorm2d(512, eps=1e-5)
+        self.dropout = nn.Dropout(p=0.0)
+        self.fc = nn.Linear(512 * 7 * 7, num_features)
+        self.features = nn.BatchNorm1d(num_features, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 112, 112) RGB in [-1, 1] -> (B, 512)."""
+        x = self.prelu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, 7, 7)
+        x = self.dropout(self.bn2(x).flatten(1))
+        return self.features(self.fc(x))
+
+
+def load_arcface(path) -> IResNet:
+    """An insightface ``backbone.pth`` (iresnet100, iresnet50, ...: the depth is read from the key names)."""
+    from emo.eval.weights import load_into, read_state_dict
+
+    state = read_state_dict(path, FLAG)
+    # Blocks per stage, read from the key names (layer3.29.conv1.weight -> 30 blocks in stage 3).
+    depths = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    if min(depths) == 0:
+        raise EmoError(f"{FLAG} {path}: no layer1..layer4 weights; expected an insightface iresnet backbone.pth")
+    model = IResNet(depths)
+    load_into(model, state, path, FLAG)
+    return model
+
+
+def five_points(landmarks: np.ndarray) -> np.ndarray:
+    """Face Mesh (478, ≥2) pixels -> (5, 2): image-left eye, image-right eye, nose tip, left/right mouth corner."""
+    lm = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    eyes = sorted([lm[468], lm[473]], key=lambda p: p[0])  # iris centres
+    mouth = sorted([lm[61], lm[291]], key=lambda p: p[0])  # mouth corners
+    return np.stack([eyes[0], eyes[1], lm[1], mouth[0], mouth[1]])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama 1991) mapping src (N, 2) onto dst (N, 2), as a (2, 3) matrix."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(sig) @ sign) / s.var(0).sum()
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """RGB image + Face Mesh landmarks -> (size, size, 3) aligned face (ArcFace template)."""
+    import cv2
+
+    matrix = similarity_transform(five_points(landmarks), ARCFACE_TEMPLATE * size / 112)
+    return cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), borderValue=0.0)
+
+
+@torch.no_grad()
+def embed(model: IResNet, faces: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Aligned 112×112 RGB uint8 faces -> (N, 512) L2-normalised embeddings."""
+    out = []
+    for start in range(0, len(faces), batch_size):
+        x = torch.from_numpy(np.stack(faces[start : start + batch_size])).permute(0, 3, 1, 2).float()
+        e = model((x / 255.0 - 0.5) / 0.5)
+        out.append(torch.nn.functional.normalize(e, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 512))

@@ -1,0 +1,63 @@
+"""Score generated videos against ground truth with the metrics of EMO's Table 1.
+
+  emo evaluate --generated DIR --reference DIR [--out results.json] [weight flags]
+
+Pairs GENERATED/<stem>.mp4 with REFERENCE/<stem>.<mp4|mov|...> (and REFERENCE/<stem>.<png|jpg> as the
+F-SIM reference portrait, if present). Writes JSON (--out) and a markdown table next to it (.md).
+Learned metrics need their public weights; without them they are listed as unavailable with the flag:
+
+  --inception pt_inception-2015-12-05-6726825d.pth   FID    (pytorch-fid)
+  --i3d       i3d_torchscript.pt                     FVD    (StyleGAN-V)
+  --syncnet   syncnet_v2.model                       LSE-C / LSE-D (syncnet_python)
+  --arcface   backbone.pth                           F-SIM  (insightface arcface_torch iresnet100/50)
+  --deep3d    epoch_20.pth                           E-FID  (Deep3DFaceRecon_pytorch)
+
+PSNR, SSIM, head-motion statistics and the landmark expression proxy need no weights.
+See docs/evaluation.md for the protocol.
+"""
+
+from __future__ import annotations
+
+HELP = "score generated videos against ground truth (FID, FVD, SyncNet, F-SIM, E-FID, PSNR/SSIM, motion)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--generated", required=True, metavar="DIR", help="folder of generated mp4s")
+    parser.add_argument("--reference", required=True, metavar="DIR", help="folder of ground-truth videos (+ images)")
+    parser.add_argument("--out", metavar="JSON", default=None,
+                        help="results file (default GENERATED/evaluation.json); the table goes to the same name .md")
+    parser.add_argument("--inception", metavar="PATH", help="pytorch-fid pt_inception-2015-12-05-6726825d.pth (FID)")
+    parser.add_argument("--i3d", metavar="PATH", help="StyleGAN-V i3d_torchscript.pt (FVD)")
+    parser.add_argument("--syncnet", metavar="PATH", help="syncnet_python syncnet_v2.model (LSE-C, LSE-D)")
+    parser.add_argument("--arcface", metavar="PATH", help="insightface arcface_torch backbone.pth (F-SIM)")
+    parser.add_argument("--deep3d", metavar="PATH", help="Deep3DFaceRecon_pytorch epoch_20.pth (E-FID)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="evaluate at most N frames of each video (default: all)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from emo.errors import EmoError
+    from emo.eval.evaluate import EvalConfig, evaluate, find_pairs
+    from emo.eval.report import to_markdown, write_report
+
+    if args.max_frames is not None and args.max_frames < 2:
+        raise EmoError(f"--max-frames {args.max_frames}: give at least 2")
+    pairs = find_pairs(args.generated, args.reference)
+    json_path = Path(args.out) if args.out else Path(args.generated) / "evaluation.json"
+    md_path = json_path.with_suffix(".md")
+    for path in (json_path, md_path):
+        if path.exists() and not args.overwrite:
+            raise EmoError(f"{path} exists; pass --overwrite to replace it or --out another name")
+    weights = {k: getattr(args, k) for k in ("inception", "i3d", "syncnet", "arcface", "deep3d")}
+    config = EvalConfig(**{k: Path(v) if v else None for k, v in weights.items()}, max_frames=args.max_frames)
+    evaluation = evaluate(pairs, config, progress=not args.no_progress)
+    inputs = {"generated": str(args.generated), "reference": str(args.reference), "weights": weights,
+              "max_frames": args.max_frames, "videos": [p.stem for p in pairs]}  # fmt: skip
+    write_report(evaluation, json_path, md_path, inputs)
+    print(to_markdown(evaluation), end="")
+    print(f"wrote {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,163 @@
+"""Metric arithmetic: Fréchet distance, PSNR/SSIM, MFCC, SyncNet scoring, head-motion statistics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emo.eval.frechet import Gaussian, feature_frechet_distance, fit_gaussian, frechet_distance
+from emo.eval.motion import head_motion_stats
+from emo.eval.reconstruction import MAX_PSNR, psnr, ssim
+from emo.eval.syncnet import calc_pdist, mel_filterbank, mfcc, sync_score
+
+
+# ---- Fréchet distance -------------------------------------------------------------------------------
+def test_frechet_1d_gaussians_closed_form():
+    # 1-D: d = (m1 - m2)^2 + s1 + s2 - 2 sqrt(s1 s2) = (m1 - m2)^2 + (sqrt(s1) - sqrt(s2))^2
+    a = Gaussian(np.array([1.0]), np.array([[4.0]]), 10)
+    b = Gaussian(np.array([-2.0]), np.array([[9.0]]), 10)
+    assert frechet_distance(a, b) == pytest.approx(3.0**2 + (2.0 - 3.0) ** 2)
+
+
+def test_frechet_diagonal_gaussians_closed_form():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, -1.0])
+    v1, v2 = np.array([1.0, 2.0, 0.5]), np.array([4.0, 2.0, 3.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(v1 + v2 - 2 * np.sqrt(v1 * v2))
+    got = frechet_distance(Gaussian(mu1, np.diag(v1), 5), Gaussian(mu2, np.diag(v2), 5))
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_full_covariance_matches_rotated_diagonal():
+    # Rotating both Gaussians by the same orthogonal matrix leaves the distance unchanged.
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    v1, v2 = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 1.0, 0.5])
+    mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
+    diag = frechet_distance(Gaussian(mu1, np.diag(v1), 5), Gaussian(mu2, np.diag(v2), 5))
+    rotated = frechet_distance(Gaussian(q @ mu1, q @ np.diag(v1) @ q.T, 5), Gaussian(q @ mu2, q @ np.diag(v2) @ q.T, 5))
+    assert rotated == pytest.approx(diag, rel=1e-7)
+
+
+def test_frechet_set_against_itself_is_zero_and_sample_estimates_converge():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8))
+    assert feature_frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    # Fewer samples than dimensions: singular covariances still give 0 for a set against itself.
+    small = rng.normal(size=(5, 16))
+    assert feature_frechet_distance(small, small) == pytest.approx(0.0, abs=1e-4)
+    # Large samples of N(0, I) and N(1, 4I) in 2-D approach 2·1² + 2·(2 - 1)² = 4.
+    a = rng.normal(size=(20000, 2))
+    b = 1.0 + 2.0 * rng.normal(size=(20000, 2))
+    assert feature_frechet_distance(a, b) == pytest.approx(4.0, rel=0.05)
+
+
+def test_fit_gaussian_needs_two_samples():
+    with pytest.raises(ValueError):
+        fit_gaussian(np.zeros((1, 3)))
+
+
+# ---- PSNR / SSIM -------------------------------------------------------------------------------------
+def test_psnr_known_values():
+    a = np.full((16, 16, 3), 100, np.uint8)
+    b = a + np.uint8(5)  # constant offset 5 -> MSE 25
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 25))
+    c = a.copy()
+    c[0, 0, 0] = 110  # one pixel off by 10 -> MSE 100 / 768
+    assert psnr(a, c) == pytest.approx(10 * math.log10(255**2 / (100 / 768)))
+    assert psnr(a, a) == MAX_PSNR
+
+
+def test_ssim_identical_constant_and_noise():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    assert ssim(x, x) == pytest.approx(1.0)
+    # Two constant images: variances and covariance vanish, SSIM = (2ab + C1) / (a² + b² + C1).
+    a, b = np.full((20, 20), 100.0), np.full((20, 20), 150.0)
+    c1 = (0.01 * 255) ** 2
+    assert ssim(a, b) == pytest.approx((2 * 100 * 150 + c1) / (100**2 + 150**2 + c1))
+    # Noise lowers SSIM, more noise lowers it more.
+    noisy1 = np.clip(x + rng.normal(0, 10, x.shape), 0, 255)
+    noisy2 = np.clip(x + rng.normal(0, 40, x.shape), 0, 255)
+    assert 1.0 > ssim(x, noisy1) > ssim(x, noisy2)
+
+
+def test_ssim_inverted_structure_is_negative():
+    # y = 255 - x has the same mean and variance as x (around 127.5) but covariance -var: SSIM < 0.
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (24, 24)).astype(np.float64)
+    assert ssim(x, 255 - x) < 0
+
+
+# ---- MFCC ----------------------------------------------------------------------------------------
+def test_mfcc_frame_rate_and_energy_coefficient():
+    sr = 16000
+    t = np.arange(sr) / sr  # 1 s
+    signal = 8000 * np.sin(2 * np.pi * 440 * t)
+    feat = mfcc(signal, sr)
+    assert feat.shape == (1 + math.ceil((sr - 400) / 160), 13)  # 25 ms windows every 10 ms: ~100 Hz
+    # c0 is the log power of the pre-emphasised frame (recomputed here independently).
+    pre = np.append(signal[0], signal[1:] - 0.97 * signal[:-1])
+    frame = pre[160 * 10 : 160 * 10 + 400]
+    energy = np.sum(np.abs(np.fft.rfft(frame, 512)) ** 2) / 512
+    assert feat[10, 0] == pytest.approx(math.log(energy), rel=1e-9)
+
+
+def test_mel_filterbank_triangles():
+    bank = mel_filterbank(26, 512, 16000)
+    assert bank.shape == (26, 257)
+    assert bank.max() == pytest.approx(1.0) and bank.min() >= 0
+    peaks = bank.argmax(axis=1)
+    assert np.all(np.diff(peaks) > 0)  # centres increase with the filter index
+
+
+def test_mfcc_is_louder_for_louder_audio():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=8000)
+    quiet, loud = mfcc(100 * noise), mfcc(1000 * noise)
+    # Scaling by 10 adds log(100) to the log energy and to the log filterbank energies (c0 only).
+    assert np.allclose(loud[:, 0] - quiet[:, 0], math.log(100), atol=1e-6)
+    assert np.allclose(loud[:, 1:], quiet[:, 1:], atol=1e-6)
+
+
+# ---- SyncNet scoring -----------------------------------------------------------------------------
+def test_sync_score_finds_offset_and_confidence():
+    rng = np.random.default_rng(0)
+    audio = torch.from_numpy(rng.normal(size=(60, 16))).float()
+    shift = 3
+    video = torch.roll(audio, shifts=-shift, dims=0)  # video feature i matches audio feature i + 3
+    dists = calc_pdist(video, audio, vshift=15)
+    assert dists.shape == (60, 31)
+    score = sync_score(video, audio)
+    assert score.offset == -shift  # syncnet_python's sign: vshift - argmin
+    assert score.confidence > 1.0 and score.distance < float(dists.mean())
+    # Unrelated streams: no offset stands out, so confidence is far lower.
+    other = torch.from_numpy(rng.normal(size=(60, 16))).float()
+    assert sync_score(other, audio).confidence < score.confidence / 3
+
+
+# ---- head motion ----------------------------------------------------------------------------------
+def test_head_motion_stats_known_values():
+    speeds = [np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.0, 2.0, 0.0, 2.0])]
+    stats = head_motion_stats(speeds)
+    assert stats["mean_velocity"] == pytest.approx(1.0)
+    assert stats["within_clip_variance"] == pytest.approx((0.0 + 1.0) / 2)
+    assert stats["clip_mean_variance"] == pytest.approx(0.0)
+    stats = head_motion_stats([np.array([0.5, 0.5]), np.array([1.5, 1.5])])
+    assert stats["clip_mean_variance"] == pytest.approx(0.25)
+    assert stats["within_clip_variance"] == 0.0
+
+
+def test_rotation_speed_of_a_steady_turn():
+    from emo.conditioning.face import rotation_from_euler
+    from emo.eval.motion import video_rotation_speed
+
+    class Obs:  # the part of FaceObservation motion reads
+        def __init__(self, yaw):
+            self.pose = type("P", (), {"rotation": rotation_from_euler(yaw, 0, 0)})()
+
+    # 1 degree per frame at 15 fps = 0.5 degree per frame at 30 fps.
+    obs = [Obs(float(i)) for i in range(20)] + [None]
+    speed = video_rotation_speed(obs, fps=15.0)
+    assert np.allclose(speed[5:15], 0.5, atol=1e-6)  # away from the smoothing's ends
+    assert video_rotation_speed([None, None], fps=25.0) is None
