@@ -323,6 +323,42 @@ def test_cli_trains_and_resumes(assets, runs, tmp_path, capsys):
     assert "train.lr must be > 0" in capsys.readouterr().err
 
 
+def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
+    """The same command under torchrun (2 processes, DDP over gloo on CPU): stage 1 with the ReferenceNet
+    training (no unused-parameter errors), and interrupting + resuming matches the uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "stage1.yaml"
+    config.write_text((CONFIGS / "stage1_tiny.yaml").read_text())
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+    def train(out: Path, *extra: str) -> None:
+        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "emo.cli", "train", str(config), f"vae={assets['vae']}", f"init.sd15={assets['sd15']}",
+                f"data.dataset={assets['dataset']}", f"run.output_dir={out}", "run.validate_every=0",
+                "run.checkpoint_every=2", "train.batch_size=1", "train.warmup_steps=0", *extra]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def losses(out: Path) -> dict[int, float]:
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+    train(tmp_path / "a", "--max-steps", "4")
+    train(tmp_path / "b", "--max-steps", "2")
+    train(tmp_path / "b", "--max-steps", "4", "--resume", "auto")
+    state = json.loads((tmp_path / "b" / "checkpoints" / "step_00000004" / layout.STATE).read_text())
+    assert state["world_size"] == 2 and state["step"] == 4
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert max(abs(a[k] - b[k]) for k in a) <= 1e-6
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000004" / layout.TRAINABLE))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000004" / layout.TRAINABLE))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+
+
 @pytest.mark.slow
 def test_overfitting_one_clip_lowers_the_loss(assets, runs, tmp_path):
     """Stage 2 on one fixed clip window for 100 steps: the loss on fixed noise and timesteps (the validation

@@ -47,6 +47,7 @@ def build_model(cfg: StageConfig):
         model = load_trained_model(cfg.init.checkpoint)
         log.info("stage %d starts from %s", cfg.stage, cfg.init.checkpoint)
     else:
+        torch.manual_seed(cfg.train.seed)  # new layers (Face Locator, projectors...) start the same on every run and rank
         model = EMO.from_config(preset(cfg.model))
         if cfg.init.sd15 is not None:
             load_sd15(model, cfg.init.sd15)

@@ -459,7 +459,7 @@ class Trainer:
         if self._deepspeed:
             self.accelerator.load_state(str(checkpoint / "deepspeed"))
         else:
-            self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=self.device,
+            self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu",
                                                       weights_only=True))
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] is not None and self.accelerator.scaler is not None:
