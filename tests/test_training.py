@@ -242,6 +242,28 @@ def test_resume_repeats_the_uninterrupted_run(assets, runs, tmp_path):
     assert [p.name for p in layout.list_checkpoints(tmp_path / "b")] == ["step_00000004", "step_00000006"]
 
 
+def test_gradient_checkpointing_and_bf16_keep_the_training(assets, runs, tmp_path):
+    """Gradient checkpointing recomputes activations: same losses and weights. bf16 autocast: close losses."""
+    def run(name: str, **train) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
+        cfg = stage_config(assets, 2, tmp_path / name, {"checkpoint": str(runs[1])}, train={"batch_size": 1, **train})
+        result = Trainer(cfg).fit()
+        return result.losses, load_file(str(result.last_checkpoint / layout.TRAINABLE))
+
+    plain_losses, plain = run("plain")
+    ckpt_losses, ckpt = run("checkpointing", gradient_checkpointing=True)
+    assert max(abs(plain_losses[k] - ckpt_losses[k]) for k in plain_losses) <= 1e-6
+    assert max((plain[k] - ckpt[k]).abs().max().item() for k in plain) <= 1e-6
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one precision per process (`emo train` runs one stage per process); start afresh.
+    AcceleratorState._reset_state()
+    try:
+        bf16_losses, _ = run("bf16", mixed_precision="bf16")
+    finally:
+        AcceleratorState._reset_state()
+    assert max(abs(plain_losses[k] - bf16_losses[k]) for k in plain_losses) <= 2e-2
+
+
 class Head(torch.utils.data.Dataset):
     """The first `count` items of a dataset (set_epoch passed through)."""
 
