@@ -311,6 +311,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_pa
     assert last.name == "step_00000004"
     assert all(torch.isfinite(v).all() for v in load_file(str(last / layout.TRAINABLE)).values())
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    # Data fixed, the run resumes from step 4; step 5's lost record is replaced, not duplicated.
+    Trainer(cfg, dataset=build_dataset(cfg)).fit(resume="auto", stop_at=6)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
 
 
 def test_export_writes_what_generate_reads(assets, runs, tmp_path):

@@ -225,10 +225,6 @@ class Trainer:
             raise EmoError(f"the dataset has {len(self.dataset)} items, fewer than one global batch "
                            f"(train.batch_size {cfg.train.batch_size} x {self.world} processes)")
         self.writer = None
-        if acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_dir / "logs"))
 
     def _write_base(self, model) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -300,10 +296,12 @@ class Trainer:
         checkpoint = self._resolve_resume(resume)
         self._setup(checkpoint)
         position = self._load_checkpoint(checkpoint) if checkpoint is not None else Position()
+        self._open_logs(position.step)
         end = min(self.cfg.train.max_steps, stop_at) if stop_at is not None else self.cfg.train.max_steps
         result = TrainResult(self.run_dir, position.step, last_checkpoint=checkpoint)
         if position.step >= end:
             log.info("nothing to do: step %d of %d reached", position.step, end)
+            self._close()
             return result
         acc, t, r = self.accelerator, self.cfg.train, self.cfg.run
         batches = self._batches(position)
@@ -358,6 +356,21 @@ class Trainer:
         result.step = position.step
         self._close()
         return result
+
+    def _open_logs(self, step: int) -> None:
+        """TensorBoard writer and metrics.jsonl; after a resume, what the lost steps logged is dropped."""
+        if not self.accelerator.is_main_process:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = self.run_dir / "metrics.jsonl"
+        if step and metrics.is_file():
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
+            temp = metrics.with_name(".metrics.jsonl.tmp")
+            temp.write_text("".join(line + "\n" for line in kept))
+            os.replace(temp, metrics)
+        self.writer = SummaryWriter(str(self.run_dir / "logs"), purge_step=step + 1 if step else None)
 
     def _close(self) -> None:
         if self.writer is not None:
