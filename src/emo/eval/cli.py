@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--deep3d", metavar="PATH", help="Deep3DFaceRecon_pytorch epoch_20.pth (E-FID)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="evaluate at most N frames of each video (default: all)")
+    parser.add_argument("--frame-stride", type=int, default=1, metavar="N",
+                        help="FID, F-SIM and E-FID use every N-th frame (default 1: all; faster on CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -46,6 +48,8 @@ def run(args) -> int:
 
     if args.max_frames is not None and args.max_frames < 2:
         raise EmoError(f"--max-frames {args.max_frames}: give at least 2")
+    if args.frame_stride < 1:
+        raise EmoError(f"--frame-stride {args.frame_stride}: give 1 or more")
     pairs = find_pairs(args.generated, args.reference)
     json_path = Path(args.out) if args.out else Path(args.generated) / "evaluation.json"
     md_path = json_path.with_suffix(".md")
@@ -53,10 +57,11 @@ def run(args) -> int:
         if path.exists() and not args.overwrite:
             raise EmoError(f"{path} exists; pass --overwrite to replace it or --out another name")
     weights = {k: getattr(args, k) for k in ("inception", "i3d", "syncnet", "arcface", "deep3d")}
-    config = EvalConfig(**{k: Path(v) if v else None for k, v in weights.items()}, max_frames=args.max_frames)
+    config = EvalConfig(**{k: Path(v) if v else None for k, v in weights.items()}, max_frames=args.max_frames,
+                        frame_stride=args.frame_stride)
     evaluation = evaluate(pairs, config, progress=not args.no_progress)
     inputs = {"generated": str(args.generated), "reference": str(args.reference), "weights": weights,
-              "max_frames": args.max_frames, "videos": [p.stem for p in pairs]}  # fmt: skip
+              "max_frames": args.max_frames, "frame_stride": args.frame_stride, "videos": [p.stem for p in pairs]}  # fmt: skip
     write_report(evaluation, json_path, md_path, inputs)
     print(to_markdown(evaluation), end="")
     print(f"wrote {json_path} and {md_path}")

@@ -1,0 +1,146 @@
+"""Our metric networks against the public weight-file layouts (tests/data/eval_layouts/*.json).
+
+Each JSON lists the key names and shapes of a public weight file, written down from the public
+definition it cites. A network that matches them loads the real file; the tests also save random
+weights in the public on-disk format and load them through the loader users call.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emo.errors import EmoError
+from emo.eval import arcface, expression, i3d, inception, syncnet
+
+LAYOUTS = Path(__file__).parent / "data" / "eval_layouts"
+
+
+def _keys(model) -> dict:
+    return {k: list(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize(
+    "layout, build",
+    [
+        ("pt_inception-2015-12-05", inception.FIDInceptionV3),
+        ("syncnet_v2", syncnet.SyncNet),
+        ("arcface_iresnet100", lambda: arcface.IResNet(arcface.DEPTHS["iresnet100"])),
+        ("arcface_iresnet50", lambda: arcface.IResNet(arcface.DEPTHS["iresnet50"])),
+        ("deep3d_epoch_20_net_recon", expression.Deep3DRecon),
+    ],
+)
+def test_state_dict_matches_public_layout(layout, build):
+    public = json.loads((LAYOUTS / f"{layout}.json").read_text())["keys"]
+    ours = _keys(build())
+    assert sorted(ours) == sorted(public), (
+        f"missing {sorted(set(public) - set(ours))[:3]}, extra {sorted(set(ours) - set(public))[:3]}"
+    )
+    wrong = {k: (ours[k], public[k]) for k in public if ours[k] != public[k]}
+    assert not wrong
+
+
+def _randomised(model):
+    torch.manual_seed(0)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("running_var"):
+            state[k] = torch.rand_like(v) + 0.5
+        elif v.is_floating_point():
+            state[k] = torch.randn_like(v) * 0.05
+        else:
+            state[k] = v
+    return state
+
+
+def test_inception_loads_public_file_and_gives_pool_features(tmp_path):
+    model = inception.FIDInceptionV3()
+    state = _randomised(model)
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # older files lack them
+    path = tmp_path / inception.WEIGHTS_NAME
+    torch.save(state, path)
+    loaded = inception.load_inception(path)
+    assert not loaded.training
+    frames = [np.random.default_rng(i).integers(0, 256, (64, 80, 3), dtype=np.uint8) for i in range(3)]
+    feats = inception.inception_features(loaded, frames)
+    assert feats.shape == (3, 2048) and np.all(feats >= 0)  # after ReLU and average pooling
+    assert torch.equal(loaded.Mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"])
+
+
+def test_syncnet_loads_public_file_and_scores(tmp_path):
+    model = syncnet.SyncNet()
+    path = tmp_path / syncnet.WEIGHTS_NAME
+    torch.save(_randomised(model), path)
+    loaded = syncnet.load_syncnet(path)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (12, 224, 224, 3), dtype=np.uint8)
+    audio = rng.normal(0, 0.1, 16000 * 12 // 25).astype(np.float32)
+    score = syncnet.evaluate_sync(loaded, crops, audio)
+    assert score.distance >= 0 and score.confidence >= 0 and abs(score.offset) <= syncnet.VSHIFT
+
+
+def test_arcface_loader_reads_depth_from_keys(tmp_path):
+    small = arcface.IResNet((1, 2, 1, 1))
+    path = tmp_path / arcface.WEIGHTS_NAME
+    torch.save(_randomised(small), path)
+    loaded = arcface.load_arcface(path)
+    assert len(loaded.layer2) == 2
+    faces = [np.random.default_rng(i).integers(0, 256, (112, 112, 3), dtype=np.uint8) for i in range(2)]
+    emb = arcface.embed(loaded, faces)
+    assert emb.shape == (2, 512) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_deep3d_loads_checkpoint_with_net_recon(tmp_path):
+    model = expression.Deep3DRecon()
+    state = _randomised(model)
+    path = tmp_path / expression.WEIGHTS_NAME
+    torch.save({"net_recon": state, "epoch": 20}, path)  # epoch_20.pth keeps the regressor under net_recon
+    loaded = expression.load_deep3d(path)
+    faces = [np.full((224, 224, 3), 128, np.uint8)]
+    coeffs = expression.expression_coefficients(loaded, faces)
+    full = loaded(torch.full((1, 3, 224, 224), 128 / 255.0))
+    assert coeffs.shape == (1, 64)
+    assert np.allclose(coeffs, full[:, 80:144].numpy(), atol=1e-5)  # the expression block of the 257
+
+
+def test_wrong_weight_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(EmoError, match="--syncnet .*wrong.pth.*missing"):
+        syncnet.load_syncnet(path)
+    with pytest.raises(EmoError, match="--inception .*no such file"):
+        inception.load_inception(tmp_path / "absent.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(EmoError, match="--deep3d .*not a readable"):
+        expression.load_deep3d(tmp_path / "junk.pth")
+
+
+class _FakeI3D(torch.nn.Module):
+    """Stands in for i3d_torchscript.pt: same call signature, 400 outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        x = x.float()
+        if rescale:
+            x = x / 127.5 - 1
+        return self.proj(x.mean(dim=(2, 3, 4)))
+
+
+def test_i3d_torchscript_loads_and_is_called_like_stylegan_v(tmp_path):
+    path = tmp_path / i3d.WEIGHTS_NAME
+    torch.jit.script(_FakeI3D()).save(str(path))
+    detector = i3d.load_i3d(path)
+    frames = [np.full((32, 32, 3), v, np.uint8) for v in range(40)]
+    clips = i3d.video_clips(frames)
+    assert len(clips) == 2 and clips[1][0, 0, 0, 0] == 16  # non-overlapping 16-frame clips, tail dropped
+    assert i3d.i3d_features(detector, clips).shape == (2, 400)
+    # A plain state dict is not the TorchScript detector: refused with the flag named.
+    plain = tmp_path / "rgb_imagenet.pt"
+    torch.save({"w": torch.zeros(1)}, plain)
+    with pytest.raises(EmoError, match="--i3d"):
+        i3d.load_i3d(plain)
