@@ -177,6 +177,16 @@ class Trainer:
         from emo.models.loading import load_vae
 
         cfg, acc = self.cfg, self.accelerator
+        # The VAE and the data first: a wrong path fails before the network is built and base/ written.
+        vae = self._vae if self._vae is not None else load_vae(cfg.vae)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        if self.dtype != torch.float32:
+            self.vae.to(dtype=self.dtype)
+        self.dataset = self._dataset if self._dataset is not None else build_dataset(cfg)
+        self.batches_per_epoch = len(self.dataset) // (cfg.train.batch_size * self.world)
+        if self.batches_per_epoch == 0:
+            raise EmoError(f"the dataset has {len(self.dataset)} items, fewer than one global batch "
+                           f"(train.batch_size {cfg.train.batch_size} x {self.world} processes)")
         if self._model is not None:
             model = self._model
         elif resume is not None:
@@ -213,17 +223,8 @@ class Trainer:
         self.net, self.optimizer = acc.prepare(TrainingModel(model), optimizer)
         self.ema = EMA(self.trainable, t.ema_decay) if t.ema_decay is not None else None
 
-        vae = self._vae if self._vae is not None else load_vae(cfg.vae)
-        self.vae = vae.to(self.device).eval().requires_grad_(False)
-        if self.dtype != torch.float32:
-            self.vae.to(dtype=self.dtype)
         self.noise = noise_schedule()
         self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)
-        self.dataset = self._dataset if self._dataset is not None else build_dataset(cfg)
-        self.batches_per_epoch = len(self.dataset) // (cfg.train.batch_size * self.world)
-        if self.batches_per_epoch == 0:
-            raise EmoError(f"the dataset has {len(self.dataset)} items, fewer than one global batch "
-                           f"(train.batch_size {cfg.train.batch_size} x {self.world} processes)")
         self.writer = None
 
     def _write_base(self, model) -> None:
