@@ -161,3 +161,46 @@ def test_error_paths_are_one_line_and_nonzero(dirs, tmp_path, capsys):
     assert _run(dirs, tmp_path / "r.json") == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_protocol_test_list_jobs_and_reference_folder(dirs, tmp_path):
+    from emo.errors import EmoError
+    from emo.eval.evaluate import find_pairs
+    from emo.eval.protocol import generation_jobs, link_reference, read_test_list
+    from emo.eval.protocol import main as protocol_main
+
+    shutil.copyfile(dirs / "reference" / "same.mp4", tmp_path / "gt.mp4")
+    shutil.copyfile(dirs / "reference" / "same.jpg", tmp_path / "portrait.jpg")
+    listing = tmp_path / "test.json"
+    listing.write_text(json.dumps([
+        {"image": "portrait.jpg", "audio": "gt.mp4", "video": "gt.mp4"},
+        {"id": "second", "image": "portrait.jpg", "audio": "gt.mp4", "video": "gt.mp4", "seed": 7},
+    ]))  # fmt: skip
+    items = read_test_list(listing)
+    assert [(i.id, i.seed) for i in items] == [("gt", 0), ("second", 7)]  # index seeds unless given
+    assert items[0].video == tmp_path / "gt.mp4"  # relative to the list
+    jobs = generation_jobs(items, tmp_path / "gen")
+    assert jobs[1] == {"image": str(tmp_path / "portrait.jpg"), "audio": str(tmp_path / "gt.mp4"),
+                       "out": str(tmp_path / "gen" / "second.mp4"), "seed": 7}  # fmt: skip
+    # The same list as CSV gives the same items.
+    csv_list = tmp_path / "test.csv"
+    csv_list.write_text("id,image,audio,video,seed\ngt,portrait.jpg,gt.mp4,gt.mp4,\nsecond,portrait.jpg,gt.mp4,gt.mp4,7\n")
+    assert read_test_list(csv_list) == items
+    # The reference folder pairs with generated outputs named by the jobs.
+    assert protocol_main(["reference", str(listing), str(tmp_path / "ref")]) == 0
+    (tmp_path / "gen").mkdir()
+    for job in jobs:
+        shutil.copyfile(dirs / "generated" / "noisy.mp4", job["out"])
+    pairs = find_pairs(tmp_path / "gen", tmp_path / "ref")
+    assert [(p.stem, p.image.name) for p in pairs] == [("gt", "gt.jpg"), ("second", "second.jpg")]
+    dup = tmp_path / "dup.json"
+    dup.write_text(json.dumps([{"image": "portrait.jpg", "audio": "gt.mp4", "video": "gt.mp4"}] * 2))
+    with pytest.raises(EmoError, match="appears twice"):
+        read_test_list(dup)
+    with pytest.raises(EmoError, match="item 0 needs image, audio and video"):
+        link_reference(read_test_list(_write(tmp_path / "bad.json", [{"image": "x"}])), tmp_path / "r2")
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+    return path

@@ -15,6 +15,7 @@ TARGETS: dict[str, str] = {
     "face": "emo.conditioning.bench_face",
     "preprocess": "emo.data.bench",
     "train": "emo.training.bench",
+    "evaluate": "emo.eval.bench",
 }
 
 

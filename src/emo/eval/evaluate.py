@@ -193,10 +193,12 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
             obs_ref = timed("face_mesh", face_mesh, ref)
             row["face_found"] = sum(o is not None for o in obs_gen) / len(gen)
 
-            # Self-reconstruction: frame i against frame i (generated resized to the ground truth's size).
-            n = min(len(gen), len(ref))
-            p = [timed("psnr", psnr, _resize_to(gen[i], ref[i].shape), ref[i]) for i in range(n)]
-            s = [timed("ssim", ssim, _resize_to(gen[i], ref[i].shape), ref[i]) for i in range(n)]
+            # Self-reconstruction: each ground-truth frame against the generated frame nearest in time
+            # (frame i vs frame i when the rates agree), generated resized to the ground truth's size.
+            at = _resample_indices(len(gen), gen_fps, ref_fps)
+            n = min(len(at), len(ref))
+            p = [timed("psnr", psnr, _resize_to(gen[at[i]], ref[i].shape), ref[i]) for i in range(n)]
+            s = [timed("ssim", ssim, _resize_to(gen[at[i]], ref[i].shape), ref[i]) for i in range(n)]
             row["psnr"], row["ssim"] = float(np.mean(p)), float(np.mean(s))
             psnr_values += p
             ssim_values += s
