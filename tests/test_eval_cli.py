@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emo.cli import main
-from emo.eval import arcface, expression, i3d, inception, syncnet
+from emo.eval import arcface, expression, i3d, inception, lpips, syncnet
 from emo.media import iter_video_frames, load_audio, write_video
 
 DATA = Path(__file__).parent / "data"
@@ -56,6 +56,7 @@ def test_without_weights_learned_metrics_are_unavailable_with_their_flag(dirs, t
                        ("fsim", "--arcface"), ("efid", "--deep3d")):  # fmt: skip
         assert metrics[name]["status"] == "unavailable" and metrics[name]["value"] is None
         assert metrics[name]["enable"] == f"{flag} PATH"
+    assert metrics["lpips"]["enable"] == "--lpips PATH --lpips-backbone PATH"
     markdown = out.with_suffix(".md").read_text()
     assert "| FID | unavailable |" in markdown and "`--inception PATH`" in markdown
     assert "`--syncnet PATH`" in markdown and "`--deep3d PATH`" in markdown
@@ -116,6 +117,10 @@ def test_all_metrics_with_weights_in_their_public_formats(dirs, tmp_path):
         "--arcface", str(_save_random(arcface.IResNet((1, 1, 1, 1)), weights / arcface.WEIGHTS_NAME)),
         "--deep3d", str(_save_random(expression.Deep3DRecon(), weights / expression.WEIGHTS_NAME, "net_recon")),
     ]  # fmt: skip
+    lp = lpips.LPIPS("alex")
+    torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("lin")}, weights / "alex.pth")
+    torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("features.")}, weights / "alexnet.pth")
+    flags += ["--lpips", str(weights / "alex.pth"), "--lpips-backbone", str(weights / "alexnet.pth")]
     torch.jit.script(_FakeI3D()).save(str(weights / i3d.WEIGHTS_NAME))
     flags += ["--i3d", str(weights / i3d.WEIGHTS_NAME)]
     only_same = tmp_path / "gen"
@@ -126,17 +131,18 @@ def test_all_metrics_with_weights_in_their_public_formats(dirs, tmp_path):
                  "--out", str(out), "--no-progress", "--frame-stride", "8", *flags]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     metrics = result["metrics"]
-    for name in ("fid", "fvd", "lse_c", "lse_d", "fsim", "efid", "psnr", "ssim"):
+    for name in ("fid", "fvd", "lse_c", "lse_d", "fsim", "efid", "psnr", "ssim", "lpips"):
         assert metrics[name]["status"] == "ok" and math.isfinite(metrics[name]["value"]), name
     # The generated video is its ground truth: every Fréchet distance is 0 (a set against itself).
     for name in ("fid", "fvd", "efid"):
         assert metrics[name]["value"] == pytest.approx(0.0, abs=1e-3), name
+    assert metrics["lpips"]["value"] == pytest.approx(0.0, abs=1e-6)  # identical frames
     # The reference image is the first frame: that frame's embedding matches it exactly.
     assert -100.0 <= metrics["fsim"]["value"] <= 100.0
     assert metrics["lse_c"]["value"] >= 0 and metrics["lse_d"]["value"] >= 0
     row = result["per_video"][0]
     assert abs(row["av_offset"]) <= 15
-    assert "unavailable" not in out.with_suffix(".md").read_text().split("| LPIPS")[0]
+    assert "unavailable" not in out.with_suffix(".md").read_text().split("| Landmark")[0]
 
 
 def test_error_paths_are_one_line_and_nonzero(dirs, tmp_path, capsys):

@@ -13,9 +13,19 @@ import pytest
 import torch
 
 from emo.errors import EmoError
-from emo.eval import arcface, expression, i3d, inception, syncnet
+from emo.eval import arcface, expression, i3d, inception, lpips, syncnet
 
 LAYOUTS = Path(__file__).parent / "data" / "eval_layouts"
+
+
+def _lins(model):
+    return torch.nn.ModuleDict({f"lin{i}": getattr(model, f"lin{i}") for i in range(5)})
+
+
+def _features(model):
+    holder = torch.nn.Module()
+    holder.features = model.features
+    return holder
 
 
 def _keys(model) -> dict:
@@ -30,6 +40,10 @@ def _keys(model) -> dict:
         ("arcface_iresnet100", lambda: arcface.IResNet(arcface.DEPTHS["iresnet100"])),
         ("arcface_iresnet50", lambda: arcface.IResNet(arcface.DEPTHS["iresnet50"])),
         ("deep3d_epoch_20_net_recon", expression.Deep3DRecon),
+        ("lpips_v0.1_alex", lambda: _lins(lpips.LPIPS("alex"))),
+        ("lpips_v0.1_vgg", lambda: _lins(lpips.LPIPS("vgg"))),
+        ("torchvision_alexnet_features", lambda: _features(lpips.LPIPS("alex"))),
+        ("torchvision_vgg16_features", lambda: _features(lpips.LPIPS("vgg"))),
     ],
 )
 def test_state_dict_matches_public_layout(layout, build):
@@ -144,3 +158,22 @@ def test_i3d_torchscript_loads_and_is_called_like_stylegan_v(tmp_path):
     torch.save({"w": torch.zeros(1)}, plain)
     with pytest.raises(EmoError, match="--i3d"):
         i3d.load_i3d(plain)
+
+
+def test_lpips_loads_heads_and_torchvision_backbone(tmp_path):
+    model = lpips.LPIPS("alex")
+    state = _randomised(model)
+    heads = {k: v.abs() for k, v in state.items() if k.startswith("lin")}  # v0.1 heads are non-negative
+    backbone = {k: v for k, v in state.items() if k.startswith("features.")}
+    backbone["classifier.1.weight"] = torch.zeros(4096, 9216)  # torchvision files carry the classifier too
+    torch.save(heads, tmp_path / "alex.pth")
+    torch.save(backbone, tmp_path / "alexnet-owt-7be5be79.pth")
+    loaded = lpips.load_lpips(tmp_path / "alex.pth", tmp_path / "alexnet-owt-7be5be79.pth")
+    rng = np.random.default_rng(0)
+    a = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    b = [np.clip(x.astype(int) + 40, 0, 255).astype(np.uint8) for x in a]
+    assert np.allclose(lpips.lpips_distances(loaded, a, a), 0.0)
+    assert np.all(lpips.lpips_distances(loaded, a, b) > 0)
+    with pytest.raises(EmoError, match="--lpips-backbone"):  # heads of one trunk, backbone of the other
+        torch.save(_features(lpips.LPIPS("vgg")).state_dict(), tmp_path / "vgg16.pth")
+        lpips.load_lpips(tmp_path / "alex.pth", tmp_path / "vgg16.pth")

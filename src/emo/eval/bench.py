@@ -72,9 +72,10 @@ def run(args) -> int:
     from pathlib import Path
 
     import numpy as np
+    import torch
 
     from emo.errors import EmoError
-    from emo.eval import arcface, expression, i3d, inception, syncnet
+    from emo.eval import arcface, expression, i3d, inception, lpips, syncnet
     from emo.eval.evaluate import EvalConfig, evaluate, find_pairs
     from emo.media import iter_video_frames, load_audio, probe_video, write_video
     from emo.resources import peak_rss_mib
@@ -102,6 +103,10 @@ def run(args) -> int:
             config.arcface = _random_weights(arcface.IResNet(arcface.DEPTHS["iresnet100"]), w / arcface.WEIGHTS_NAME)
             config.deep3d = _random_weights(expression.Deep3DRecon(), w / expression.WEIGHTS_NAME, "net_recon")
             config.i3d = _fake_i3d_path(w / i3d.WEIGHTS_NAME)
+            lp = lpips.LPIPS("alex")
+            torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("lin")}, w / "alex.pth")
+            torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("features.")}, w / "alexnet.pth")
+            config.lpips, config.lpips_backbone = w / "alex.pth", w / "alexnet.pth"
         started = time.perf_counter()
         result = evaluate(find_pairs(tmp / "gen", tmp / "ref"), config, progress=False)
         wall = time.perf_counter() - started

@@ -43,8 +43,10 @@ class EvalConfig:
     syncnet: Path | None = None  # syncnet_v2.model -> LSE-C / LSE-D
     arcface: Path | None = None  # insightface backbone.pth -> F-SIM
     deep3d: Path | None = None  # Deep3DFaceRecon epoch_20.pth -> E-FID
+    lpips: Path | None = None  # LPIPS v0.1 heads alex.pth / vgg.pth -> LPIPS (with lpips_backbone)
+    lpips_backbone: Path | None = None  # torchvision alexnet-owt-7be5be79.pth / vgg16-397923af.pth
     max_frames: int | None = None  # evaluate at most this many frames of each video (None: all)
-    frame_stride: int = 1  # FID / F-SIM / E-FID look at every n-th frame (the per-frame networks are slow on CPU)
+    frame_stride: int = 1  # FID / F-SIM / E-FID / LPIPS look at every n-th frame (the per-frame networks are slow on CPU)
 
 
 @dataclass
@@ -142,7 +144,7 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
     from tqdm import tqdm
 
     from emo.conditioning.face import FaceAnalyzer
-    from emo.eval import arcface, expression, i3d, inception, syncnet
+    from emo.eval import arcface, expression, i3d, inception, lpips, syncnet
     from emo.eval.frechet import feature_frechet_distance
     from emo.eval.motion import head_motion_stats, video_rotation_speed
     from emo.eval.reconstruction import psnr, ssim
@@ -169,11 +171,15 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         nets["arcface"] = arcface.load_arcface(config.arcface)
     if config.deep3d:
         nets["deep3d"] = expression.load_deep3d(config.deep3d)
+    if bool(config.lpips) != bool(config.lpips_backbone):
+        raise EmoError("LPIPS needs both --lpips (v0.1 heads) and --lpips-backbone (torchvision alexnet/vgg16)")
+    if config.lpips:
+        nets["lpips"] = lpips.load_lpips(config.lpips, config.lpips_backbone)
 
     feats: dict[str, list[np.ndarray]] = {k: [] for k in (
         "fid_gen", "fid_ref", "fvd_gen", "fvd_ref", "exp_gen", "exp_ref", "lmk_gen", "lmk_ref")}  # fmt: skip
     speeds_gen, speeds_ref, per_video = [], [], []
-    sync_scores, fsim_values, psnr_values, ssim_values = [], [], [], []
+    sync_scores, fsim_values, psnr_values, ssim_values, lpips_values = [], [], [], [], []
     notes: dict[str, list[str]] = {}
     total_frames = 0
 
@@ -202,6 +208,12 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
             row["psnr"], row["ssim"] = float(np.mean(p)), float(np.mean(s))
             psnr_values += p
             ssim_values += s
+            if "lpips" in nets:
+                pairs_at = range(0, n, config.frame_stride)
+                d = timed("lpips", lpips.lpips_distances, nets["lpips"],
+                          [_resize_to(gen[at[i]], ref[i].shape) for i in pairs_at], [ref[i] for i in pairs_at])
+                row["lpips"] = float(np.mean(d))
+                lpips_values += list(d)
 
             # Head motion (EMO's speed ablation) from our pose estimator.
             for obs, fps, out, key in ((obs_gen, gen_fps, speeds_gen, "head_velocity"),
@@ -258,6 +270,8 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         m = MetricResult(name, label, better)
         if weights_flag is not None and not getattr(config, weights_flag.lstrip("-")):
             m.status, m.enable = "unavailable", f"{weights_flag} PATH"
+            if weights_flag == "--lpips":
+                m.enable += " --lpips-backbone PATH"
             m.note = f"needs {weights_name}"
         else:
             m.value, m.note = compute()
@@ -285,8 +299,9 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         lambda: (float(np.mean(psnr_values)) if psnr_values else None, "per frame, averaged"))
     add("ssim", "SSIM", "higher", None,
         lambda: (float(np.mean(ssim_values)) if ssim_values else None, "per frame, averaged"))
-    metrics.append(MetricResult("lpips", "LPIPS", "lower", status="unavailable",
-                                note="not implemented yet (needs the LPIPS linear heads + VGG/AlexNet weights)"))
+    add("lpips", "LPIPS", "lower", "--lpips",
+        lambda: (float(np.mean(lpips_values)) if lpips_values else None, f"{nets['lpips'].net_type}, paired frames"),
+        "LPIPS v0.1 alex.pth/vgg.pth + torchvision backbone")  # fmt: skip
     add("lmk_expr_fd", "Landmark expression FD (proxy)", "lower", None,
         lambda: fd("lmk_gen", "lmk_ref", "lmk"))
     for prefix, speeds, who in (("", speeds_gen, "generated"), ("reference_", speeds_ref, "ground truth")):
