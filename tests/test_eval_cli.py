@@ -68,7 +68,8 @@ def test_without_weights_learned_metrics_are_unavailable_with_their_flag(dirs, t
     assert metrics["lmk_expr_fd"]["status"] == "ok" and metrics["lmk_expr_fd"]["value"] >= 0
     assert metrics["head_mean_velocity"]["value"] > 0
     assert metrics["reference_head_mean_velocity"]["value"] == pytest.approx(
-        per_video["same"]["reference_head_velocity"] / 2 + per_video["noisy"]["reference_head_velocity"] / 2, rel=1e-6
+        per_video["same"]["reference_head_velocity"] / 2 + per_video["noisy"]["reference_head_velocity"] / 2,
+        rel=1e-6,
     )
     assert "wrote" in capsys.readouterr().out
 
@@ -82,7 +83,9 @@ def test_identical_sets_score_zero_on_the_landmark_proxy(dirs, tmp_path):
                  "--out", str(out), "--no-progress"]) == 0  # fmt: skip
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["lmk_expr_fd"]["value"] == pytest.approx(0.0, abs=1e-9)
-    assert metrics["head_mean_velocity"]["value"] == pytest.approx(metrics["reference_head_mean_velocity"]["value"])
+    assert metrics["head_mean_velocity"]["value"] == pytest.approx(
+        metrics["reference_head_mean_velocity"]["value"]
+    )
 
 
 def _save_random(model, path, wrap=None):
@@ -104,7 +107,9 @@ class _FakeI3D(torch.nn.Module):
         super().__init__()
         self.proj = torch.nn.Linear(3, 400)
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False):
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ):
         return self.proj(x.float().mean(dim=(2, 3, 4)) / 127.5 - 1)
 
 
@@ -119,7 +124,9 @@ def test_all_metrics_with_weights_in_their_public_formats(dirs, tmp_path):
     ]  # fmt: skip
     lp = lpips.LPIPS("alex")
     torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("lin")}, weights / "alex.pth")
-    torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("features.")}, weights / "alexnet.pth")
+    torch.save(
+        {k: v for k, v in lp.state_dict().items() if k.startswith("features.")}, weights / "alexnet.pth"
+    )
     flags += ["--lpips", str(weights / "alex.pth"), "--lpips-backbone", str(weights / "alexnet.pth")]
     torch.jit.script(_FakeI3D()).save(str(weights / i3d.WEIGHTS_NAME))
     flags += ["--i3d", str(weights / i3d.WEIGHTS_NAME)]
@@ -128,7 +135,7 @@ def test_all_metrics_with_weights_in_their_public_formats(dirs, tmp_path):
     shutil.copyfile(dirs / "generated" / "same.mp4", only_same / "same.mp4")
     out = tmp_path / "res.json"
     assert main(["evaluate", "--generated", str(only_same), "--reference", str(dirs / "reference"),
-                 "--out", str(out), "--no-progress", "--frame-stride", "8", *flags]) == 0  # fmt: skip
+                 "--out", str(out), "--no-progress", "--frame-stride", "16", *flags]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     metrics = result["metrics"]
     for name in ("fid", "fvd", "lse_c", "lse_d", "fsim", "efid", "psnr", "ssim", "lpips"):
@@ -149,7 +156,10 @@ def test_error_paths_are_one_line_and_nonzero(dirs, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [
-        (["--generated", str(tmp_path / "absent"), "--reference", str(dirs / "reference")], "no such directory"),
+        (
+            ["--generated", str(tmp_path / "absent"), "--reference", str(dirs / "reference")],
+            "no such directory",
+        ),
         (["--generated", str(empty), "--reference", str(dirs / "reference")], "no .mp4 files"),
     ]
     unmatched = tmp_path / "unmatched"
@@ -190,7 +200,9 @@ def test_protocol_test_list_jobs_and_reference_folder(dirs, tmp_path):
                        "out": str(tmp_path / "gen" / "second.mp4"), "seed": 7}  # fmt: skip
     # The same list as CSV gives the same items.
     csv_list = tmp_path / "test.csv"
-    csv_list.write_text("id,image,audio,video,seed\ngt,portrait.jpg,gt.mp4,gt.mp4,\nsecond,portrait.jpg,gt.mp4,gt.mp4,7\n")
+    csv_list.write_text(
+        "id,image,audio,video,seed\ngt,portrait.jpg,gt.mp4,gt.mp4,\nsecond,portrait.jpg,gt.mp4,gt.mp4,7\n"
+    )
     assert read_test_list(csv_list) == items
     # The reference folder pairs with generated outputs named by the jobs.
     assert protocol_main(["reference", str(listing), str(tmp_path / "ref")]) == 0

@@ -138,7 +138,9 @@ class _FakeI3D(torch.nn.Module):
         super().__init__()
         self.proj = torch.nn.Linear(3, 400)
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False):
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ):
         x = x.float()
         if rescale:
             x = x / 127.5 - 1

@@ -35,7 +35,9 @@ def test_frechet_full_covariance_matches_rotated_diagonal():
     v1, v2 = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 1.0, 0.5])
     mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
     diag = frechet_distance(Gaussian(mu1, np.diag(v1), 5), Gaussian(mu2, np.diag(v2), 5))
-    rotated = frechet_distance(Gaussian(q @ mu1, q @ np.diag(v1) @ q.T, 5), Gaussian(q @ mu2, q @ np.diag(v2) @ q.T, 5))
+    rotated = frechet_distance(
+        Gaussian(q @ mu1, q @ np.diag(v1) @ q.T, 5), Gaussian(q @ mu2, q @ np.diag(v2) @ q.T, 5)
+    )
     assert rotated == pytest.approx(diag, rel=1e-7)
 
 

@@ -83,7 +83,9 @@ def load_arcface(path) -> IResNet:
     # Blocks per stage, read from the key names (layer3.29.conv1.weight -> 30 blocks in stage 3).
     depths = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
     if min(depths) == 0:
-        raise EmoError(f"{FLAG} {path}: no layer1..layer4 weights; expected an insightface iresnet backbone.pth")
+        raise EmoError(
+            f"{FLAG} {path}: no layer1..layer4 weights; expected an insightface iresnet backbone.pth"
+        )
     model = IResNet(depths)
     load_into(model, state, path, FLAG)
     return model

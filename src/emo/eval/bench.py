@@ -18,7 +18,9 @@ DEFAULT_VIDEO = "hdtf_speech_256_4s.mp4"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("video", nargs="?", help=f"a talking-head video with audio (default tests/data/{DEFAULT_VIDEO})")
+    parser.add_argument(
+        "video", nargs="?", help=f"a talking-head video with audio (default tests/data/{DEFAULT_VIDEO})"
+    )
     parser.add_argument("--frames", type=int, default=48, help="frames of the clip to evaluate (default 48)")
     parser.add_argument("--frame-stride", type=int, default=1, help="as in emo evaluate (default 1)")
     parser.add_argument("--no-learned", action="store_true", help="only the metrics that need no weights")
@@ -53,7 +55,9 @@ def _fake_i3d_path(path):
             self.c3 = torch.nn.Conv3d(192, 480, (3, 3, 3), stride=2, padding=1)
             self.fc = torch.nn.Linear(480, 400)
 
-        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        def forward(
+            self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+        ):
             x = x.float() / 127.5 - 1
             b, c, t, h, w = x.shape
             x = F.interpolate(x, size=(t, 224, 224), mode="trilinear", align_corners=False)
@@ -80,7 +84,11 @@ def run(args) -> int:
     from emo.media import iter_video_frames, load_audio, probe_video, write_video
     from emo.resources import peak_rss_mib
 
-    video = Path(args.video) if args.video else Path(__file__).resolve().parents[3] / "tests" / "data" / DEFAULT_VIDEO
+    video = (
+        Path(args.video)
+        if args.video
+        else Path(__file__).resolve().parents[3] / "tests" / "data" / DEFAULT_VIDEO
+    )
     if not video.is_file():
         raise EmoError(f"{video}: no such video; pass a talking-head VIDEO with audio")
     fps = probe_video(video).fps
@@ -91,7 +99,10 @@ def run(args) -> int:
         frames = [f for _, f in zip(range(args.frames), iter_video_frames(video), strict=False)]
         audio = load_audio(video)[: int(16000 * len(frames) / fps)]
         rng = np.random.default_rng(0)
-        noisy = [np.clip(f.astype(np.int16) + rng.integers(-10, 11, f.shape), 0, 255).astype(np.uint8) for f in frames]
+        noisy = [
+            np.clip(f.astype(np.int16) + rng.integers(-10, 11, f.shape), 0, 255).astype(np.uint8)
+            for f in frames
+        ]
         write_video(tmp / "ref" / "clip.mp4", frames, fps, audio=audio)
         write_video(tmp / "gen" / "clip.mp4", noisy, fps, audio=audio)
         config = EvalConfig(frame_stride=args.frame_stride)
@@ -100,12 +111,18 @@ def run(args) -> int:
             w.mkdir()
             config.inception = _random_weights(inception.FIDInceptionV3(), w / inception.WEIGHTS_NAME)
             config.syncnet = _random_weights(syncnet.SyncNet(), w / syncnet.WEIGHTS_NAME)
-            config.arcface = _random_weights(arcface.IResNet(arcface.DEPTHS["iresnet100"]), w / arcface.WEIGHTS_NAME)
-            config.deep3d = _random_weights(expression.Deep3DRecon(), w / expression.WEIGHTS_NAME, "net_recon")
+            config.arcface = _random_weights(
+                arcface.IResNet(arcface.DEPTHS["iresnet100"]), w / arcface.WEIGHTS_NAME
+            )
+            config.deep3d = _random_weights(
+                expression.Deep3DRecon(), w / expression.WEIGHTS_NAME, "net_recon"
+            )
             config.i3d = _fake_i3d_path(w / i3d.WEIGHTS_NAME)
             lp = lpips.LPIPS("alex")
             torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("lin")}, w / "alex.pth")
-            torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("features.")}, w / "alexnet.pth")
+            torch.save(
+                {k: v for k, v in lp.state_dict().items() if k.startswith("features.")}, w / "alexnet.pth"
+            )
             config.lpips, config.lpips_backbone = w / "alex.pth", w / "alexnet.pth"
         started = time.perf_counter()
         result = evaluate(find_pairs(tmp / "gen", tmp / "ref"), config, progress=False)
@@ -119,5 +136,7 @@ def run(args) -> int:
     print(f"{'total':<12} {wall:8.2f} {n / wall:13.2f}   (includes loading the networks)")
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
     if not args.no_learned:
-        print("fvd timing uses a stand-in TorchScript network with I3D-like 3-D convolutions, not the real I3D")
+        print(
+            "fvd timing uses a stand-in TorchScript network with I3D-like 3-D convolutions, not the real I3D"
+        )
     return 0

@@ -24,21 +24,42 @@ HELP = "score generated videos against ground truth (FID, FVD, SyncNet, F-SIM, E
 
 def add_arguments(parser) -> None:
     parser.add_argument("--generated", required=True, metavar="DIR", help="folder of generated mp4s")
-    parser.add_argument("--reference", required=True, metavar="DIR", help="folder of ground-truth videos (+ images)")
-    parser.add_argument("--out", metavar="JSON", default=None,
-                        help="results file (default GENERATED/evaluation.json); the table goes to the same name .md")
-    parser.add_argument("--inception", metavar="PATH", help="pytorch-fid pt_inception-2015-12-05-6726825d.pth (FID)")
+    parser.add_argument(
+        "--reference", required=True, metavar="DIR", help="folder of ground-truth videos (+ images)"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="JSON",
+        default=None,
+        help="results file (default GENERATED/evaluation.json); the table goes to the same name .md",
+    )
+    parser.add_argument(
+        "--inception", metavar="PATH", help="pytorch-fid pt_inception-2015-12-05-6726825d.pth (FID)"
+    )
     parser.add_argument("--i3d", metavar="PATH", help="StyleGAN-V i3d_torchscript.pt (FVD)")
     parser.add_argument("--syncnet", metavar="PATH", help="syncnet_python syncnet_v2.model (LSE-C, LSE-D)")
     parser.add_argument("--arcface", metavar="PATH", help="insightface arcface_torch backbone.pth (F-SIM)")
     parser.add_argument("--deep3d", metavar="PATH", help="Deep3DFaceRecon_pytorch epoch_20.pth (E-FID)")
     parser.add_argument("--lpips", metavar="PATH", help="LPIPS v0.1 linear heads alex.pth or vgg.pth (LPIPS)")
-    parser.add_argument("--lpips-backbone", metavar="PATH",
-                        help="torchvision alexnet-owt-7be5be79.pth or vgg16-397923af.pth, matching --lpips")
-    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
-                        help="evaluate at most N frames of each video (default: all)")
-    parser.add_argument("--frame-stride", type=int, default=1, metavar="N",
-                        help="FID, F-SIM, E-FID and LPIPS use every N-th frame (default 1: all; faster on CPU)")
+    parser.add_argument(
+        "--lpips-backbone",
+        metavar="PATH",
+        help="torchvision alexnet-owt-7be5be79.pth or vgg16-397923af.pth, matching --lpips",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate at most N frames of each video (default: all)",
+    )
+    parser.add_argument(
+        "--frame-stride",
+        type=int,
+        default=1,
+        metavar="N",
+        help="FID, F-SIM, E-FID and LPIPS use every N-th frame (default 1: all; faster on CPU)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -60,9 +81,15 @@ def run(args) -> int:
     for path in (json_path, md_path):
         if path.exists() and not args.overwrite:
             raise EmoError(f"{path} exists; pass --overwrite to replace it or --out another name")
-    weights = {k: getattr(args, k) for k in ("inception", "i3d", "syncnet", "arcface", "deep3d", "lpips", "lpips_backbone")}
-    config = EvalConfig(**{k: Path(v) if v else None for k, v in weights.items()}, max_frames=args.max_frames,
-                        frame_stride=args.frame_stride)
+    weights = {
+        k: getattr(args, k)
+        for k in ("inception", "i3d", "syncnet", "arcface", "deep3d", "lpips", "lpips_backbone")
+    }
+    config = EvalConfig(
+        **{k: Path(v) if v else None for k, v in weights.items()},
+        max_frames=args.max_frames,
+        frame_stride=args.frame_stride,
+    )
     evaluation = evaluate(pairs, config, progress=not args.no_progress)
     inputs = {"generated": str(args.generated), "reference": str(args.reference), "weights": weights,
               "max_frames": args.max_frames, "frame_stride": args.frame_stride, "videos": [p.stem for p in pairs]}  # fmt: skip

@@ -46,7 +46,9 @@ class EvalConfig:
     lpips: Path | None = None  # LPIPS v0.1 heads alex.pth / vgg.pth -> LPIPS (with lpips_backbone)
     lpips_backbone: Path | None = None  # torchvision alexnet-owt-7be5be79.pth / vgg16-397923af.pth
     max_frames: int | None = None  # evaluate at most this many frames of each video (None: all)
-    frame_stride: int = 1  # FID / F-SIM / E-FID / LPIPS look at every n-th frame (the per-frame networks are slow on CPU)
+    frame_stride: int = (
+        1  # FID / F-SIM / E-FID / LPIPS look at every n-th frame (the per-frame networks are slow on CPU)
+    )
 
 
 @dataclass
@@ -86,8 +88,12 @@ def find_pairs(generated: str | Path, reference: str | Path) -> list[Pair]:
     gen = sorted(p for p in generated.iterdir() if p.suffix.lower() == ".mp4" and p.is_file())
     if not gen:
         raise EmoError(f"--generated {generated}: no .mp4 files; run `emo generate` into it first")
-    ref_videos = {p.stem: p for p in sorted(reference.iterdir()) if p.suffix.lower() in VIDEO_EXTS and p.is_file()}
-    ref_images = {p.stem: p for p in sorted(reference.iterdir()) if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
+    ref_videos = {
+        p.stem: p for p in sorted(reference.iterdir()) if p.suffix.lower() in VIDEO_EXTS and p.is_file()
+    }
+    ref_images = {
+        p.stem: p for p in sorted(reference.iterdir()) if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+    }
     missing = [p.name for p in gen if p.stem not in ref_videos]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -172,7 +178,9 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
     if config.deep3d:
         nets["deep3d"] = expression.load_deep3d(config.deep3d)
     if bool(config.lpips) != bool(config.lpips_backbone):
-        raise EmoError("LPIPS needs both --lpips (v0.1 heads) and --lpips-backbone (torchvision alexnet/vgg16)")
+        raise EmoError(
+            "LPIPS needs both --lpips (v0.1 heads) and --lpips-backbone (torchvision alexnet/vgg16)"
+        )
     if config.lpips:
         nets["lpips"] = lpips.load_lpips(config.lpips, config.lpips_backbone)
 
@@ -210,8 +218,13 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
             ssim_values += s
             if "lpips" in nets:
                 pairs_at = range(0, n, config.frame_stride)
-                d = timed("lpips", lpips.lpips_distances, nets["lpips"],
-                          [_resize_to(gen[at[i]], ref[i].shape) for i in pairs_at], [ref[i] for i in pairs_at])
+                d = timed(
+                    "lpips",
+                    lpips.lpips_distances,
+                    nets["lpips"],
+                    [_resize_to(gen[at[i]], ref[i].shape) for i in pairs_at],
+                    [ref[i] for i in pairs_at],
+                )
                 row["lpips"] = float(np.mean(d))
                 lpips_values += list(d)
 
@@ -229,22 +242,38 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
             stride = config.frame_stride
             if "inception" in nets:
                 for frames, key in ((gen, "fid_gen"), (ref, "fid_ref")):
-                    feats[key].append(timed("fid", inception.inception_features, nets["inception"], frames[::stride]))
+                    feats[key].append(
+                        timed("fid", inception.inception_features, nets["inception"], frames[::stride])
+                    )
             if "i3d" in nets:
                 for frames, key in ((gen, "fvd_gen"), (ref, "fvd_ref")):
                     clips = i3d.video_clips(frames)
                     if clips:
                         feats[key].append(timed("fvd", i3d.i3d_features, nets["i3d"], clips))
                     else:
-                        notes.setdefault("fvd", []).append(f"{pair.stem}: shorter than {i3d.CLIP_FRAMES} frames")
+                        notes.setdefault("fvd", []).append(
+                            f"{pair.stem}: shorter than {i3d.CLIP_FRAMES} frames"
+                        )
             if "syncnet" in nets:
-                score = timed("syncnet", _sync_one, nets["syncnet"], pair, gen, gen_fps, obs_gen, load_audio, notes)
+                score = timed(
+                    "syncnet", _sync_one, nets["syncnet"], pair, gen, gen_fps, obs_gen, load_audio, notes
+                )
                 if score is not None:
                     sync_scores.append(score)
                     row.update(lse_c=score.confidence, lse_d=score.distance, av_offset=score.offset)
             if "arcface" in nets:
-                value = timed("fsim", _fsim_one, nets["arcface"], pair, gen[::stride], obs_gen[::stride], ref, obs_ref,
-                              still_analyzer, notes)
+                value = timed(
+                    "fsim",
+                    _fsim_one,
+                    nets["arcface"],
+                    pair,
+                    gen[::stride],
+                    obs_gen[::stride],
+                    ref,
+                    obs_ref,
+                    still_analyzer,
+                    notes,
+                )
                 if value is not None:
                     fsim_values.append(value)
                     row["fsim"] = value
@@ -253,7 +282,9 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
                     faces = [expression.align_deep3d(f, o.landmarks)
                              for f, o in zip(frames[::stride], obs[::stride], strict=True) if o]  # fmt: skip
                     if faces:
-                        feats[key].append(timed("efid", expression.expression_coefficients, nets["deep3d"], faces))
+                        feats[key].append(
+                            timed("efid", expression.expression_coefficients, nets["deep3d"], faces)
+                        )
             per_video.append(row)
 
     def fd(key_a: str, key_b: str, stage: str) -> tuple[float | None, str]:
@@ -262,7 +293,9 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         b = np.concatenate(b) if b and isinstance(b[0], np.ndarray) and b[0].ndim == 2 else np.array(b)
         if len(a) < 2 or len(b) < 2:
             return None, f"needs at least 2 feature vectors on each side, got {len(a)} and {len(b)}"
-        return timed(stage, feature_frechet_distance, a, b), f"{len(a)} generated vs {len(b)} ground-truth samples"
+        return timed(
+            stage, feature_frechet_distance, a, b
+        ), f"{len(a)} generated vs {len(b)} ground-truth samples"
 
     metrics: list[MetricResult] = []
 
@@ -294,16 +327,38 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
     add("fsim", "F-SIM", "higher", "--arcface",
         lambda: (float(np.mean(fsim_values)) if fsim_values else None, "mean cosine × 100"),
         arcface.WEIGHTS_NAME)  # fmt: skip
-    add("efid", "E-FID", "lower", "--deep3d", lambda: fd("exp_gen", "exp_ref", "efid"), expression.WEIGHTS_NAME)
-    add("psnr", "PSNR (dB)", "higher", None,
-        lambda: (float(np.mean(psnr_values)) if psnr_values else None, "per frame, averaged"))
-    add("ssim", "SSIM", "higher", None,
-        lambda: (float(np.mean(ssim_values)) if ssim_values else None, "per frame, averaged"))
+    add(
+        "efid",
+        "E-FID",
+        "lower",
+        "--deep3d",
+        lambda: fd("exp_gen", "exp_ref", "efid"),
+        expression.WEIGHTS_NAME,
+    )
+    add(
+        "psnr",
+        "PSNR (dB)",
+        "higher",
+        None,
+        lambda: (float(np.mean(psnr_values)) if psnr_values else None, "per frame, averaged"),
+    )
+    add(
+        "ssim",
+        "SSIM",
+        "higher",
+        None,
+        lambda: (float(np.mean(ssim_values)) if ssim_values else None, "per frame, averaged"),
+    )
     add("lpips", "LPIPS", "lower", "--lpips",
         lambda: (float(np.mean(lpips_values)) if lpips_values else None, f"{nets['lpips'].net_type}, paired frames"),
         "LPIPS v0.1 alex.pth/vgg.pth + torchvision backbone")  # fmt: skip
-    add("lmk_expr_fd", "Landmark expression FD (proxy)", "lower", None,
-        lambda: fd("lmk_gen", "lmk_ref", "lmk"))
+    add(
+        "lmk_expr_fd",
+        "Landmark expression FD (proxy)",
+        "lower",
+        None,
+        lambda: fd("lmk_gen", "lmk_ref", "lmk"),
+    )
     for prefix, speeds, who in (("", speeds_gen, "generated"), ("reference_", speeds_ref, "ground truth")):
         stats = head_motion_stats(speeds) if speeds else None
         for key, label in (("mean_velocity", "head velocity mean (°/frame @30 fps)"),

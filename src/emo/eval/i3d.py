@@ -40,7 +40,9 @@ def load_i3d(path) -> torch.jit.ScriptModule:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
-        raise EmoError(f"{FLAG} {path}: not a TorchScript archive (expected StyleGAN-V's i3d_torchscript.pt)") from None
+        raise EmoError(
+            f"{FLAG} {path}: not a TorchScript archive (expected StyleGAN-V's i3d_torchscript.pt)"
+        ) from None
     if not any("/code/" in n or n.startswith("code/") for n in names) or not any(
         n.endswith("constants.pkl") for n in names
     ):
@@ -48,13 +50,17 @@ def load_i3d(path) -> torch.jit.ScriptModule:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise EmoError(f"{FLAG} {path}: torch.jit.load failed ({str(exc).strip().splitlines()[0][:160]})") from None
+        raise EmoError(
+            f"{FLAG} {path}: torch.jit.load failed ({str(exc).strip().splitlines()[0][:160]})"
+        ) from None
     return module.eval()
 
 
 def video_clips(frames: list[np.ndarray], clip_frames: int = CLIP_FRAMES) -> list[np.ndarray]:
     """Non-overlapping clips of ``clip_frames`` consecutive frames, each (T, H, W, 3); a short tail is dropped."""
-    return [np.stack(frames[s : s + clip_frames]) for s in range(0, len(frames) - clip_frames + 1, clip_frames)]
+    return [
+        np.stack(frames[s : s + clip_frames]) for s in range(0, len(frames) - clip_frames + 1, clip_frames)
+    ]
 
 
 @torch.no_grad()
@@ -62,7 +68,9 @@ def i3d_features(detector, clips: list[np.ndarray], batch_size: int = 4) -> np.n
     """Clips (T, H, W, 3) uint8 -> (N, D) features, called exactly as StyleGAN-V calls the detector."""
     out = []
     for start in range(0, len(clips), batch_size):
-        videos = torch.from_numpy(np.stack(clips[start : start + batch_size])).permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
+        videos = torch.from_numpy(np.stack(clips[start : start + batch_size])).permute(
+            0, 4, 1, 2, 3
+        )  # (B, 3, T, H, W)
         features = detector(videos.contiguous(), rescale=True, resize=True, return_features=True)
         out.append(features.double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 400))

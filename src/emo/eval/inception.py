@@ -158,8 +158,19 @@ class FIDInceptionV3(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 2048)
 
@@ -178,6 +189,8 @@ def inception_features(model: FIDInceptionV3, frames: list[np.ndarray], batch_si
     """(H, W, 3) uint8 RGB frames -> (N, 2048) float64 features."""
     out = []
     for start in range(0, len(frames), batch_size):
-        batch = torch.from_numpy(np.stack(frames[start : start + batch_size])).permute(0, 3, 1, 2)  # (B, 3, H, W)
+        batch = torch.from_numpy(np.stack(frames[start : start + batch_size])).permute(
+            0, 3, 1, 2
+        )  # (B, 3, H, W)
         out.append(model(batch.float() / 255.0).double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 2048))

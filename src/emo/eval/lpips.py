@@ -52,8 +52,12 @@ class LPIPS(nn.Module):
     def __init__(self, net: str = "alex"):
         super().__init__()
         self.net_type = net
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None], persistent=False)
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None], persistent=False)
+        self.register_buffer(
+            "shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None], persistent=False
+        )
+        self.register_buffer(
+            "scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None], persistent=False
+        )
         self.features = _features(net)
         for i, c in enumerate(CHANNELS[net]):
             setattr(self, f"lin{i}", NetLinLayer(c))
@@ -84,7 +88,9 @@ def load_lpips(heads_path, backbone_path) -> LPIPS:
     width = heads.get("lin1.model.1.weight")
     net = {192: "alex", 128: "vgg"}.get(int(width.shape[1]) if width is not None else -1)
     if net is None:
-        raise EmoError(f"{FLAG} {heads_path}: not LPIPS v0.1 alex/vgg heads (no lin1.model.1.weight of 192 or 128 channels)")
+        raise EmoError(
+            f"{FLAG} {heads_path}: not LPIPS v0.1 alex/vgg heads (no lin1.model.1.weight of 192 or 128 channels)"
+        )
     backbone = read_state_dict(backbone_path, BACKBONE_FLAG)
     features = {k: v for k, v in backbone.items() if k.startswith("features.")}
     model = LPIPS(net)
@@ -96,7 +102,9 @@ def load_lpips(heads_path, backbone_path) -> LPIPS:
 
 
 @torch.no_grad()
-def lpips_distances(model: LPIPS, a: list[np.ndarray], b: list[np.ndarray], batch_size: int = 8) -> np.ndarray:
+def lpips_distances(
+    model: LPIPS, a: list[np.ndarray], b: list[np.ndarray], batch_size: int = 8
+) -> np.ndarray:
     """Paired uint8 RGB frames -> (N,) LPIPS distances."""
     out = []
     for start in range(0, len(a), batch_size):

@@ -41,7 +41,9 @@ def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
     return out[lo : out.shape[0] - hi, lo : out.shape[1] - hi]
 
 
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 11, sigma: float = 1.5) -> float:
+def ssim(
+    a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 11, sigma: float = 1.5
+) -> float:
     """Mean structural similarity of two (H, W) or (H, W, C) images (channels averaged)."""
     a, b = _pair(a, b)
     if a.shape[0] < window or a.shape[1] < window:
@@ -57,7 +59,9 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 
         var_x = _filter_valid(x * x, g) - mu_x**2
         var_y = _filter_valid(y * y, g) - mu_y**2
         cov = _filter_valid(x * y, g) - mu_x * mu_y
-        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+            (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+        )
         values.append(float(ssim_map.mean()))
     return float(np.mean(values))
 

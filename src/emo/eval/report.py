@@ -39,7 +39,9 @@ def to_markdown(evaluation: Evaluation, title: str = "Evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(evaluation: Evaluation, json_path: str | Path, markdown_path: str | Path, inputs: dict) -> None:
+def write_report(
+    evaluation: Evaluation, json_path: str | Path, markdown_path: str | Path, inputs: dict
+) -> None:
     from emo.media import atomic_write_bytes
 
     text = json.dumps(to_json(evaluation, inputs), indent=2, allow_nan=False, default=str)

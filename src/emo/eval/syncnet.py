@@ -118,8 +118,15 @@ def mel_filterbank(nfilt: int = 26, nfft: int = 512, sample_rate: int = SAMPLE_R
     return bank
 
 
-def mfcc(signal: np.ndarray, sample_rate: int = SAMPLE_RATE, numcep: int = 13, nfilt: int = 26,
-         nfft: int = 512, preemph: float = 0.97, ceplifter: int = 22) -> np.ndarray:
+def mfcc(
+    signal: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    numcep: int = 13,
+    nfilt: int = 26,
+    nfft: int = 512,
+    preemph: float = 0.97,
+    ceplifter: int = 22,
+) -> np.ndarray:
     """(N,) samples -> (frames, 13) MFCC: 25 ms rectangular windows every 10 ms, log-energy as c0."""
     from scipy.fftpack import dct
 
@@ -198,7 +205,9 @@ def sync_score(video_feat: torch.Tensor, audio_feat: torch.Tensor, vshift: int =
 
 
 @torch.no_grad()
-def evaluate_sync(model: SyncNet, crops_bgr: np.ndarray, audio: np.ndarray, batch_size: int = 20) -> SyncScore:
+def evaluate_sync(
+    model: SyncNet, crops_bgr: np.ndarray, audio: np.ndarray, batch_size: int = 20
+) -> SyncScore:
     """(T, 224, 224, 3) BGR uint8 crops at 25 fps + 16 kHz mono float audio in [-1, 1] -> score."""
     # syncnet_python reads the wav as int16 samples; MFCC log-energies depend on that scale.
     cc = mfcc(np.asarray(audio, dtype=np.float64) * 32768.0).T  # (13, T_audio)

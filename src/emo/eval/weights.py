@@ -55,7 +55,9 @@ def load_into(model, state: dict, path: str | os.PathLike, flag: str) -> None:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {expected[k]})")
+            parts.append(
+                f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {expected[k]})"
+            )
         raise EmoError(
             f"{flag} {path}: not the expected weight file for {type(model).__name__} ({'; '.join(parts)})"
         )
