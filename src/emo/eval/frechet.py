@@ -10,6 +10,7 @@ coefficients, EMO paper Sec. 4.3). Computed like pytorch-fid's ``calculate_frech
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,10 @@ def frechet_distance(a: Gaussian, b: Gaussian, eps: float = 1e-6) -> float:
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError(f"feature sizes differ: {mu1.shape} vs {mu2.shape}")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(s1.dot(s2))
+    with warnings.catch_warnings():
+        # A singular product (fewer samples than dimensions) is expected and handled just below.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(s1.dot(s2))
     if not np.isfinite(covmean).all():
         # Singular product (fewer samples than dimensions): offset both diagonals, as pytorch-fid does.
         logger.info("Fréchet distance: singular covariance product, adding %g to the diagonals", eps)
