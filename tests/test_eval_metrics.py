@@ -1,6 +1,7 @@
 """Metric arithmetic: Fréchet distance, PSNR/SSIM, MFCC, SyncNet scoring, head-motion statistics."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,34 @@ def test_rotation_speed_of_a_steady_turn():
     speed = video_rotation_speed(obs, fps=15.0)
     assert np.allclose(speed[5:15], 0.5, atol=1e-6)  # away from the smoothing's ends
     assert video_rotation_speed([None, None], fps=25.0) is None
+
+
+# ---- mouth-audio proxy ------------------------------------------------------------------------------
+def test_mouth_audio_correlation_finds_the_lag_of_a_delayed_mouth():
+    from emo.eval.mouth import audio_loudness, mouth_audio_correlation
+
+    rng = np.random.default_rng(0)
+    envelope = np.repeat(rng.uniform(0.01, 0.5, 20), 5)  # 100 frames of syllable-like loudness
+    audio = np.concatenate(
+        [e * rng.normal(size=640) for e in envelope]
+    )  # 25 fps at 16 kHz: 640 samples/frame
+    loud = audio_loudness(audio, 16000, 25.0, 100)
+    assert np.allclose(loud, envelope, rtol=0.2)
+    mouth = np.roll(np.log(envelope), 2)  # the mouth follows the sound 2 frames later
+    r, lag = mouth_audio_correlation(mouth, loud)
+    assert lag == 2 and r > 0.9
+    assert mouth_audio_correlation(mouth[::-1].copy(), loud)[0] < 0.5
+
+
+def test_mouth_audio_proxy_prefers_the_videos_own_audio():
+    from emo.conditioning.face import FaceAnalyzer
+    from emo.eval.mouth import audio_loudness, mouth_audio_correlation, mouth_opening
+    from emo.media import iter_video_frames, load_audio
+
+    path = Path(__file__).parent / "data" / "hdtf_speech_256_4s.mp4"
+    with FaceAnalyzer() as analyzer:
+        opening = mouth_opening(list(analyzer.analyze_video(iter_video_frames(path))))
+    audio = load_audio(path)
+    own, _ = mouth_audio_correlation(opening, audio_loudness(audio, 16000, 25.0, len(opening)))
+    other, _ = mouth_audio_correlation(opening, audio_loudness(audio[::-1].copy(), 16000, 25.0, len(opening)))
+    assert own > 0.2 and own > other + 0.2

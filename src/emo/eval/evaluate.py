@@ -188,6 +188,7 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         "fid_gen", "fid_ref", "fvd_gen", "fvd_ref", "exp_gen", "exp_ref", "lmk_gen", "lmk_ref")}  # fmt: skip
     speeds_gen, speeds_ref, per_video = [], [], []
     sync_scores, fsim_values, psnr_values, ssim_values, lpips_values = [], [], [], [], []
+    mouth_corr = []
     notes: dict[str, list[str]] = {}
     total_frames = 0
 
@@ -235,6 +236,11 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
                 if speed is not None:
                     out.append(speed)
                     row[key] = float(speed.mean())
+
+            corr = timed("mouth", _mouth_one, pair, obs_gen, gen_fps, load_audio, notes)
+            if corr is not None:
+                mouth_corr.append(corr[0])
+                row["mouth_audio_corr"], row["mouth_audio_lag"] = corr
 
             for obs, key in ((obs_gen, "lmk_gen"), (obs_ref, "lmk_ref")):
                 feats[key] += [expression.landmark_expression(o.landmarks, o.pose.rotation) for o in obs if o]
@@ -359,6 +365,13 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         None,
         lambda: fd("lmk_gen", "lmk_ref", "lmk"),
     )
+    add(
+        "mouth_audio_corr",
+        "Mouth-audio correlation (proxy)",
+        "higher",
+        None,
+        lambda: (float(np.mean(mouth_corr)) if mouth_corr else None, "Pearson r, mouth opening vs loudness"),
+    )
     for prefix, speeds, who in (("", speeds_gen, "generated"), ("reference_", speeds_ref, "ground truth")):
         stats = head_motion_stats(speeds) if speeds else None
         for key, label in (("mean_velocity", "head velocity mean (°/frame @30 fps)"),
@@ -371,6 +384,22 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
                 note="" if stats else "no face found",
             ))  # fmt: skip
     return Evaluation(metrics, per_video, total_frames, time.perf_counter() - started, timings)
+
+
+def _mouth_one(pair: Pair, observations, fps, load_audio, notes) -> tuple[float, int] | None:
+    from emo.eval import mouth
+
+    try:
+        audio = load_audio(pair.generated, sample_rate=16000)
+    except EmoError as exc:
+        notes.setdefault("mouth_audio_corr", []).append(f"{pair.stem}: {exc}")
+        return None
+    opening = mouth.mouth_opening(observations)
+    r, lag = mouth.mouth_audio_correlation(opening, mouth.audio_loudness(audio, 16000, fps, len(opening)))
+    if not np.isfinite(r):
+        notes.setdefault("mouth_audio_corr", []).append(f"{pair.stem}: mouth or audio constant")
+        return None
+    return r, lag
 
 
 def _sync_one(model, pair: Pair, frames, fps, observations, load_audio, notes) -> object | None:
