@@ -61,10 +61,22 @@ def test_portraits_detected_and_cropped(analyzer):
         # The default "face" mask covers the face box.
         x0, y0, x1, y1 = portrait.face_box.clip(256, 256).to_int()
         assert portrait.mask[y0:y1, x0:x1].mean() == 1.0
-    print(
-        "portraits detected:", ", ".join(f"{kind}={'yes' if ok else 'no'}" for kind, ok in detected.items())
-    )
-    assert detected["photo"]
+    report = ", ".join(f"{kind}={'yes' if ok else 'no'}" for kind, ok in detected.items())
+    print("portraits detected:", report)
+    # All five kinds are found today (docs/design.md lists them); losing one is a regression.
+    assert all(detected.values()), report
+
+
+def test_portrait_the_detector_misses_is_found_by_the_mesh():
+    class BlindDetector(FaceAnalyzer):
+        def detect(self, image):
+            return []
+
+    with BlindDetector() as blind:
+        portrait = prepare_portrait(DATA / PORTRAITS["photo"], size=256, analyzer=blind)
+    assert portrait.face_box is not None and portrait.num_faces == 1
+    cx, cy = portrait.face_box.center
+    assert abs(cx - 128) < 20 and abs(cy - 128) < 20
 
 
 def test_small_face_in_tall_frame_is_found(analyzer):

@@ -61,7 +61,9 @@ def prepare_portrait(
     analyzer = analyzer or FaceAnalyzer()
     try:
         boxes = analyzer.detect(image)
-        observation = analyzer.analyze(image, boxes=boxes) if boxes else None
+        # Also without boxes: analyze() then tries the whole-image mesh, which finds stylised faces the
+        # detector misses.
+        observation = analyzer.analyze(image, boxes=boxes)
     finally:
         if own:
             analyzer.close()
