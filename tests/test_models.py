@@ -114,6 +114,38 @@ def test_single_file_ldm_checkpoint_loads_like_the_folder(sd_folder, tmp_path, s
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_half_precision_unet_folder_loads(sd_folder, tmp_path, variant):
+    """Some SD1.5 downloads hold only `diffusion_pytorch_model.fp16.safetensors`."""
+    unet = tiny_diffusers_unet()
+    unet.to(torch.float16).save_pretrained(tmp_path / "sd/unet", variant=variant)
+    model = EMO.from_config(CFG)
+    report, _ = load_sd15(model, tmp_path / "sd")
+    assert report.unexpected == [] and report.loaded > 0
+    own = model.backbone.state_dict()
+    assert own["conv_in.weight"].dtype == torch.float32
+    assert torch.equal(own["conv_in.weight"], unet.state_dict()["conv_in.weight"].float())
+
+
+@pytest.mark.parametrize("layout", ["root", "vae", "fp16"])
+def test_vae_loads_from_a_diffusers_folder(tmp_path, layout):
+    from emo.models.loading import load_vae
+    from emo.tiny import tiny_vae
+
+    vae = tiny_vae(seed=5)
+    folder = tmp_path / "sd15" / ("vae" if layout != "root" else "")
+    if layout == "fp16":
+        vae.to(torch.float16).save_pretrained(folder, variant="fp16")
+    else:
+        vae.save_pretrained(folder)
+    loaded = load_vae(tmp_path / "sd15")
+    a, b = vae.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+    assert loaded.config.scaling_factor == 0.18215
+    with pytest.raises(EmoError, match="no VAE"):
+        load_vae(tmp_path / "nothing")
+
+
 def test_mismatched_checkpoint_names_the_key(tmp_path):
     from safetensors.torch import save_file
 
@@ -287,7 +319,16 @@ def test_missing_component_is_a_clear_error(model, tmp_path):
         EMO.from_pretrained(tmp_path / "ckpt")
 
 
-def test_gradient_checkpointing_gives_the_same_output_and_gradients(model):
+def test_gradient_checkpointing_gives_the_same_output_and_gradients(model, monkeypatch):
+    import emo.models.unet as unet_module
+
+    calls = []
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return torch.utils.checkpoint.checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(unet_module, "checkpoint", counting_checkpoint)
     perturb(model, r"audio_attn\.to_out|speed_attn\.to_out|motion_modules.*proj_out|face_locator\.conv_out")
     model.train()
     x = inputs()
@@ -301,9 +342,11 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients(model):
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     out_plain, grads_plain = loss_and_grads()
+    assert not calls
     model.enable_gradient_checkpointing()
     assert model.backbone.gradient_checkpointing
     out_ckpt, grads_ckpt = loss_and_grads()
+    assert calls  # the blocks really ran under checkpoint (both UNets)
     assert torch.allclose(out_plain, out_ckpt, atol=1e-6)
     assert grads_plain.keys() == grads_ckpt.keys()
     assert any(".audio_attn." in k for k in grads_plain) and any("reference_net." in k for k in grads_plain)

@@ -16,9 +16,10 @@ Two ways of consuming the features are measured:
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
+
+from emo.resources import child_main, measure_in_child
 
 HELP = "wav2vec2-base-shaped audio features: × real time on CPU, peak memory for 1- vs 10-minute tracks"
 
@@ -119,15 +120,11 @@ def run(args) -> int:
     results = []
     for mode in modes:
         for seconds in lengths:
-            command = [sys.executable, "-m", "emo.conditioning.bench_audio", "--measure", mode, str(seconds)]
+            command = ["--measure", mode, str(seconds)]
             command += ["--threads", str(args.threads), "--fps", str(args.fps), "--dtype", args.dtype]
             if args.chunk_seconds is not None:
                 command += ["--chunk-seconds", str(args.chunk_seconds)]
-            out = subprocess.run(command, capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                print(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "measurement failed")
-                return 1
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result = measure_in_child("emo.conditioning.bench_audio", command)
             results.append(result)
             print(
                 f"{mode:6s} {seconds:7.0f} s audio: {result['elapsed_s']:7.2f} s = {result['x_realtime']:6.2f}× real time "
@@ -146,8 +143,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":  # the per-length subprocess; not through `emo` so other targets are not imported
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m emo.conditioning.bench_audio")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    sys.exit(child_main(add_arguments, run, "python -m emo.conditioning.bench_audio"))

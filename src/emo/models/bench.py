@@ -8,15 +8,17 @@ n motion frames, audio and speed tokens and the face mask.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
+
+from emo.errors import EmoError
+from emo.resources import child_main, measure_in_child
 
 HELP = "parameters, backbone forward time vs plain SD1.5 UNet, peak memory"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--preset", default="tiny", help="model preset: tiny or sd15 (default: tiny)")
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "sd15"], help="model preset (default: tiny)")
     parser.add_argument("--frames", type=int, default=12, help="frames per clip (default 12, EMO's f)")
     parser.add_argument("--motion-frames", type=int, default=4, help="motion frames n (default 4)")
     parser.add_argument("--latent", type=int, default=32, help="latent side (default 32, i.e. 256² pixels)")
@@ -65,7 +67,7 @@ def _measure(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = _device(args.device), getattr(torch, args.dtype)
     cfg = preset(args.preset)
     f, n, s = args.frames, args.motion_frames, args.latent
     noisy = torch.randn(1 * f, 4, s, s, device=device, dtype=dtype)
@@ -134,21 +136,35 @@ def count_flops(args) -> dict:
             "reference": reference.get_total_flops()}
 
 
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EmoError(f"--device {name!r} is not a device (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EmoError("--device cuda but no CUDA GPU is available; use --device cpu")
+    return device
+
+
 def run(args) -> int:
     if args.part:
         print(json.dumps(_measure(args)))
         return 0
+    for name, value in (("--frames", args.frames), ("--latent", args.latent), ("--repeats", args.repeats),
+                        ("--threads", args.threads)):
+        if value < 1:
+            raise EmoError(f"{name} must be >= 1, got {value}")
+    if args.motion_frames < 0:
+        raise EmoError(f"--motion-frames must be >= 0, got {args.motion_frames}")
+    _device(args.device)
     results = {}
     for part in ("diffusers", "emo"):
-        cmd = [sys.executable, "-m", "emo.models.bench", "--part", part, "--preset", args.preset,
-               "--frames", str(args.frames), "--motion-frames", str(args.motion_frames), "--latent", str(args.latent),
-               "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
-               "--dtype", args.dtype]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            return out.returncode
-        results[part] = json.loads(out.stdout.strip().splitlines()[-1])
+        results[part] = measure_in_child("emo.models.bench", [
+            "--part", part, "--preset", args.preset, "--frames", str(args.frames),
+            "--motion-frames", str(args.motion_frames), "--latent", str(args.latent), "--repeats", str(args.repeats),
+            "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype])
     emo, plain = results["emo"], results["diffusers"]
     print(f"preset {args.preset}: {args.frames} frames + {args.motion_frames} motion frames, latent "
           f"{args.latent}x{args.latent}, {args.device} {args.dtype}, {args.threads} threads")
@@ -167,8 +183,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":  # the per-measurement child process
-    import argparse
-
-    _parser = argparse.ArgumentParser()
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    sys.exit(child_main(add_arguments, run, "python -m emo.models.bench"))

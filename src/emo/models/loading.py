@@ -24,7 +24,10 @@ from emo.errors import EmoError
 
 log = logging.getLogger(__name__)
 
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors")
+# In the order they are looked for; the `.fp16` names are the half-precision variants some SD1.5 downloads hold
+# alone (their tensors are cast to the model's dtype on load).
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
+                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
 
 
 @dataclass
@@ -180,7 +183,10 @@ def load_vae(path: str | Path, torch_dtype: torch.dtype | None = None):
     folder = path / "vae" if (path / "vae").is_dir() else path
     if not (folder / "config.json").is_file():
         raise EmoError(f"no VAE at {path}: expected a diffusers AutoencoderKL folder (config.json + weights)")
+    # diffusers reads a half-precision-only folder only when asked for its "fp16" variant.
+    variant = "fp16" if _weights_in_folder(folder).name.startswith("diffusion_pytorch_model.fp16.") else None
     try:
-        return AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True)
+        return AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True,
+                                             variant=variant)
     except (OSError, ValueError) as exc:
         raise EmoError(f"cannot load the VAE from {folder}: {str(exc).splitlines()[0]}") from exc

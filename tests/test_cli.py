@@ -1,0 +1,39 @@
+"""The `emo` command itself: subcommands, fast --help, benchmark input errors as one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from emo.cli import COMMANDS, main
+from emo.errors import EmoError
+from emo.resources import measure_in_child
+
+
+def test_help_lists_every_command_without_importing_torch():
+    code = ("import sys; from emo.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    listed = subprocess.run([sys.executable, "-m", "emo.cli", "--help"], capture_output=True, text=True).stdout
+    assert all(name in listed for name in COMMANDS)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "model", "--frames", "0"], "--frames must be >= 1"),
+    (["bench", "model", "--device", "nonsense"], "is not a device"),
+])
+def test_bench_bad_options_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emo: error:") and message in err and "\n" not in err
+
+
+def test_child_measurement_errors_come_back_as_one_line():
+    # A user error inside the measuring child process (here: a bad device) surfaces as an EmoError, no traceback.
+    with pytest.raises(EmoError) as info:
+        measure_in_child("emo.models.bench", ["--part", "emo", "--device", "nonsense", "--repeats", "1"])
+    message = str(info.value)
+    assert "is not a device" in message and "\n" not in message and "Traceback" not in message
