@@ -15,6 +15,7 @@ from emo.conditioning.audio import AudioEncoder, ChunkConfig
 from emo.conditioning.temporal import window
 from emo.errors import EmoError
 from emo.media import load_audio
+from emo.tiny import tiny_audio_model
 
 DATA = Path(__file__).parent / "data"
 
@@ -147,6 +148,11 @@ def test_missing_or_invalid_model_folder(tmp_path):
     (broken / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))  # no weights
     with pytest.raises(EmoError, match="broken"):
         AudioEncoder.from_pretrained(broken)
+    truncated = tmp_path / "truncated"
+    tiny_audio_model().save_pretrained(truncated, safe_serialization=True)
+    (truncated / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(EmoError, match="cannot load the wav2vec2 model at .*truncated"):
+        AudioEncoder.from_pretrained(truncated)
 
 
 def test_window_gives_each_frame_its_neighbours():

@@ -317,6 +317,10 @@ def test_missing_component_is_a_clear_error(model, tmp_path):
     shutil.rmtree(tmp_path / "ckpt/audio_projector")
     with pytest.raises(EmoError, match="audio_projector"):
         EMO.from_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt/face_locator/diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    model.audio_projector.save_pretrained(tmp_path / "ckpt/audio_projector")
+    with pytest.raises(EmoError, match="cannot load .*face_locator"):
+        EMO.from_pretrained(tmp_path / "ckpt")
 
 
 def test_gradient_checkpointing_gives_the_same_output_and_gradients(model, monkeypatch):

@@ -93,6 +93,8 @@ class AudioEncoder:
         """
         from transformers import Wav2Vec2Model
 
+        from emo.models.loading import WEIGHT_LOAD_ERRORS
+
         path = Path(path)
         if not (path / "config.json").is_file():
             raise EmoError(
@@ -101,7 +103,7 @@ class AudioEncoder:
             )
         try:
             model = Wav2Vec2Model.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
-        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+        except WEIGHT_LOAD_ERRORS as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EmoError(f"cannot load the wav2vec2 model at {path}: {first_line}") from None
         do_normalize = True

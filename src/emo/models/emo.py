@@ -18,6 +18,7 @@ from emo.config import ModelConfig
 from emo.errors import EmoError
 from emo.models.audio import AudioProjector
 from emo.models.face_locator import FaceLocator
+from emo.models.loading import WEIGHT_LOAD_ERRORS
 from emo.models.speed import SpeedEncoder
 from emo.models.unet import EMOUNet
 
@@ -114,7 +115,7 @@ class EMO(nn.Module):
         for name in SUBFOLDERS:
             try:
                 parts[name] = classes[name].from_pretrained(directory / name, torch_dtype=torch_dtype)
-            except (OSError, ValueError, RuntimeError) as exc:
+            except WEIGHT_LOAD_ERRORS as exc:
                 raise EmoError(f"cannot load {directory / name}: {str(exc).splitlines()[0]}") from exc
         return cls(**parts)
 
