@@ -55,6 +55,18 @@ def test_frechet_set_against_itself_is_zero_and_sample_estimates_converge():
     assert feature_frechet_distance(a, b) == pytest.approx(4.0, rel=0.05)
 
 
+def test_frechet_of_non_finite_features_is_nan_not_an_exception():
+    # scipy's sqrtm fails with an internal LinAlgError on NaN; the caller gets NaN ("no value") instead.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3))
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[0, 0] = bad
+        assert math.isnan(feature_frechet_distance(x, y))
+    huge = Gaussian(np.array([1e200]), np.array([[1.0]]), 2)  # the squared mean difference overflows
+    assert math.isnan(frechet_distance(huge, Gaussian(np.array([-1e200]), np.array([[1.0]]), 2)))
+
+
 def test_fit_gaussian_needs_two_samples():
     with pytest.raises(ValueError):
         fit_gaussian(np.zeros((1, 3)))
@@ -90,6 +102,53 @@ def test_ssim_inverted_structure_is_negative():
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (24, 24)).astype(np.float64)
     assert ssim(x, 255 - x) < 0
+
+
+def test_ssim_downsample_factor_is_ssim_m_s():
+    from emo.eval.reconstruction import downsample_factor
+
+    # f = max(1, round(min(M, N) / 256)) with MATLAB's round: 1.5 -> 2 and 2.5 -> 3 (Python's gives 2).
+    assert [downsample_factor(h, 1000) for h in (8, 255, 383, 384, 512, 639, 640, 1080)] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        2,
+        3,
+        4,
+    ]
+    assert downsample_factor(1000, 300) == 1
+
+
+@pytest.mark.parametrize("f, shape", [(2, (6, 7)), (3, (7, 9)), (4, (9, 8))])
+def test_ssim_downsampling_is_matlab_imfilter_symmetric_then_subsample(f, shape):
+    from emo.eval.reconstruction import _downsample
+
+    rng = np.random.default_rng(f)
+    image = rng.uniform(0, 255, shape)
+    c = (f + 1) // 2  # MATLAB's kernel centre (1-based) for imfilter
+
+    def mirror(k, n):  # 'symmetric' padding: the edge pixel repeats (d c b a | a b c d | d c b a)
+        return -k - 1 if k < 0 else (2 * n - k - 1 if k >= n else k)
+
+    expected = np.array([[np.mean([image[mirror(i + di, shape[0]), mirror(j + dj, shape[1])]
+                                   for di in range(1 - c, f - c + 1) for dj in range(1 - c, f - c + 1)])
+                          for j in range(0, shape[1], f)] for i in range(0, shape[0], f)])  # fmt: skip
+    assert np.allclose(_downsample(image, f), expected)
+
+
+def test_ssim_of_large_frames_is_ssim_of_their_2x2_block_means():
+    # 512² -> f = 2: MATLAB's 2×2 mean filter covers (i, i+1), so keeping every 2nd pixel gives block means.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (512, 384, 3)).astype(np.float64)
+    y = np.clip(x + rng.normal(0, 30, x.shape), 0, 255)
+
+    def blocks(im):
+        return im.reshape(256, 2, 192, 2, 3).mean(axis=(1, 3))
+
+    assert ssim(x, y) == pytest.approx(ssim(blocks(x), blocks(y)), rel=1e-9)
+    assert abs(ssim(x, y) - ssim(x, y, downsample=False)) > 1e-4  # the full-size value differs
 
 
 # ---- MFCC ----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 Heusel et al. 2017 (FID); the same formula gives FVD (I3D features) and E-FID (3DMM expression
 coefficients, EMO paper Sec. 4.3). Computed like pytorch-fid's ``calculate_frechet_distance``: scipy's
 ``sqrtm`` in float64, an ε·I offset if the product is singular, and the imaginary round-off dropped.
+Non-finite inputs (NaN / inf features) give NaN, which ``emo evaluate`` reports as unavailable.
 """
 
 from __future__ import annotations
@@ -36,13 +37,18 @@ def fit_gaussian(features: np.ndarray) -> Gaussian:
 
 
 def frechet_distance(a: Gaussian, b: Gaussian, eps: float = 1e-6) -> float:
-    """Fréchet distance between two Gaussians (not its square root, as FID reports it)."""
+    """Fréchet distance between two Gaussians (not its square root, as FID reports it); NaN if either
+    holds non-finite values."""
     import scipy.linalg
 
     mu1, mu2 = np.atleast_1d(a.mean), np.atleast_1d(b.mean)
     s1, s2 = np.atleast_2d(a.cov), np.atleast_2d(b.cov)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError(f"feature sizes differ: {mu1.shape} vs {mu2.shape}")
+    if not all(np.isfinite(x).all() for x in (mu1, mu2, s1, s2)):
+        # sqrtm would fail with an internal LinAlgError; NaN says "no value" to the caller instead.
+        logger.warning("Fréchet distance: the features hold NaN or inf values; the distance is NaN")
+        return float("nan")
     diff = mu1 - mu2
     with warnings.catch_warnings():
         # A singular product (fewer samples than dimensions) is expected and handled just below.
@@ -59,6 +65,8 @@ def frechet_distance(a: Gaussian, b: Gaussian, eps: float = 1e-6) -> float:
             raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the covariance root")
         covmean = covmean.real
     value = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    if not np.isfinite(value):
+        return float("nan")  # overflowing features; max() below would let NaN through or turn -inf into 0
     return max(value, 0.0)  # round-off can give -1e-12 for identical sets
 
 

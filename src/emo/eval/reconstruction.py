@@ -1,9 +1,11 @@
 """Self-reconstruction metrics: PSNR and SSIM between generated and ground-truth frames.
 
 Both work on uint8 RGB frames (data range 255). SSIM follows Wang et al. 2004 ("Image quality
-assessment: from error visibility to structural similarity") as in their reference ``ssim.m``: an
-11×11 Gaussian window (σ = 1.5), K1 = 0.01, K2 = 0.03, statistics over the window positions that fit
-inside the image ('valid'), computed per RGB channel and averaged.
+assessment: from error visibility to structural similarity") as in their reference ``ssim.m``: first
+its automatic downsampling (f = max(1, round(min(H, W) / 256)); if f > 1, an f×f mean filter with
+symmetric borders, then every f-th pixel), then an 11×11 Gaussian window (σ = 1.5), K1 = 0.01,
+K2 = 0.03, statistics over the window positions that fit inside the image ('valid'). ``ssim.m`` is
+grayscale; we compute it per RGB channel and average.
 """
 
 from __future__ import annotations
@@ -41,15 +43,43 @@ def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
     return out[lo : out.shape[0] - hi, lo : out.shape[1] - hi]
 
 
+def downsample_factor(height: int, width: int) -> int:
+    """``ssim.m``'s f = max(1, round(min(M, N) / 256)), with MATLAB's round (halves away from zero)."""
+    return max(1, math.floor(min(height, width) / 256 + 0.5))
+
+
+def _downsample(image: np.ndarray, f: int) -> np.ndarray:
+    """``imfilter(img, ones(f, f) / f², 'symmetric', 'same')`` then ``img(1:f:end, 1:f:end)``, for (H, W)."""
+    # MATLAB centres an f-wide kernel on its element floor((f + 1) / 2): the mean for pixel i covers
+    # i - (c - 1) .. i + f - c. Only every f-th output is kept, so only those windows are summed.
+    c = (f + 1) // 2
+    padded = np.pad(image, ((c - 1, f - c), (c - 1, f - c)), mode="symmetric")
+    rows = np.arange(0, image.shape[0], f)[:, None] + np.arange(f)  # (H', f) padded row indices
+    cols = np.arange(0, image.shape[1], f)[:, None] + np.arange(f)  # (W', f)
+    return padded[rows].mean(axis=1)[:, cols].mean(axis=2)  # (H', W')
+
+
 def ssim(
-    a: np.ndarray, b: np.ndarray, data_range: float = 255.0, window: int = 11, sigma: float = 1.5
+    a: np.ndarray,
+    b: np.ndarray,
+    data_range: float = 255.0,
+    window: int = 11,
+    sigma: float = 1.5,
+    downsample: bool = True,
 ) -> float:
-    """Mean structural similarity of two (H, W) or (H, W, C) images (channels averaged)."""
+    """Mean structural similarity of two (H, W) or (H, W, C) images (channels averaged).
+
+    ``downsample=False`` skips ``ssim.m``'s automatic downsampling of images over ~384 pixels.
+    """
     a, b = _pair(a, b)
     if a.shape[0] < window or a.shape[1] < window:
         raise ValueError(f"SSIM needs images of at least {window}×{window} pixels, got {a.shape[:2]}")
     if a.ndim == 2:
         a, b = a[..., None], b[..., None]
+    f = downsample_factor(a.shape[0], a.shape[1]) if downsample else 1
+    if f > 1:
+        a = np.stack([_downsample(a[..., c], f) for c in range(a.shape[2])], axis=-1)
+        b = np.stack([_downsample(b[..., c], f) for c in range(b.shape[2])], axis=-1)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     g = _gaussian_window(window, sigma)
     values = []
