@@ -246,6 +246,51 @@ def test_manifest_records(dataset):
             assert features.shape[0] == clip["num_frames"] and torch.isfinite(features.float()).all()
 
 
+def write_with_start_times(path: Path, frames, audio: np.ndarray, video_start_s: float, audio_start_s: float):
+    """A 25 fps mp4 (16 kHz AAC) whose streams start at the given container times, as a player sees them."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        sound = container.add_stream("aac", rate=16000, layout="mono")
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i + round(video_start_s * 25), Fraction(1, 25)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for at in range(0, len(audio), 1024):
+            chunk = np.ascontiguousarray(audio[None, at : at + 1024])  # (1, N)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            frame.sample_rate, frame.time_base = 16000, Fraction(1, 16000)
+            frame.pts = at + round(audio_start_s * 16000)
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode())
+
+
+def test_clip_audio_is_aligned_when_the_streams_start_at_different_times(tmp_path):
+    # A tone burst that plays 1.0 s after the first video frame, in a file whose audio starts 0.3 s
+    # after the video and in one whose video starts 0.32 s (8 frames) after the audio.
+    burst_s, frames = 1.0, frames_of(HDTF, 35)  # 1.4 s
+    inputs = {}
+    for name, video_start, audio_start in [("audio_late", 0.0, 0.3), ("video_late", 0.32, 0.0)]:
+        t = np.arange(24000) / 16000 + audio_start - video_start  # video time of each audio sample
+        tone = np.where((t >= burst_s) & (t < burst_s + 0.05), 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0)
+        inputs[name] = tmp_path / f"{name}.mp4"
+        write_with_start_times(inputs[name], frames, tone.astype(np.float32), video_start, audio_start)
+    run_preprocess(list(inputs.values()), tmp_path / "ds", CONFIG, progress=False)
+    records = records_by_source(tmp_path / "ds")
+    for name in inputs:
+        record = records[f"{name}.mp4"]
+        assert record["status"] == "ok" and len(record["clips"]) == 1, record
+        assert (record["info"]["audio_delay_s"] > 0) == (name == "audio_late")
+        clip = record["clips"][0]
+        audio = load_audio(tmp_path / "ds" / clip["path"] / clipfmt.AUDIO)
+        assert abs(len(audio) / 16000 - clip["num_frames"] / 30) < 0.01
+        onset = np.flatnonzero(np.abs(audio) > 0.25)[0] / 16000 + clip["start_s"]  # video time
+        assert abs(onset - burst_s) < 0.01, f"{name}: the burst plays at {onset:.3f} s, not {burst_s} s"
+
+
 def test_filters_drop_clips_with_their_reason(tmp_path):
     hdtf = frames_of(HDTF, 50)
     expressive = frames_of(EXPRESSIVE, 50)

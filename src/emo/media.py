@@ -222,6 +222,10 @@ class VideoInfo:
     height: int  # pixels
     duration_s: float  # seconds, video stream duration if known, else the container's
     has_audio: bool  # whether there is at least one audio stream
+    # Stream start times on the container clock: iter_video_frames counts time from the first video
+    # frame, load_audio from the first audio sample; a player plays the audio audio_start_s - start_s late.
+    start_s: float = 0.0  # timestamp of the video stream's first frame (0 if the header has none)
+    audio_start_s: float = 0.0  # timestamp of the first audio stream's first sample (0 if none)
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -244,14 +248,23 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         num_frames = int(stream.frames) if stream.frames else int(round(duration * fps))
         if duration <= 0 and num_frames:
             duration = num_frames / fps
+        audio = container.streams.audio[0] if container.streams.audio else None
         return VideoInfo(
             fps=fps,
             num_frames=num_frames,
             width=int(stream.codec_context.width),
             height=int(stream.codec_context.height),
             duration_s=duration,
-            has_audio=bool(container.streams.audio),
+            has_audio=audio is not None,
+            start_s=_start_s(stream),
+            audio_start_s=_start_s(audio) if audio is not None else 0.0,
         )
+
+
+def _start_s(stream) -> float:
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
 
 
 def _decoded_frames(path: Path) -> Iterator[tuple[float | None, np.ndarray]]:

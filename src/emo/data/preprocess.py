@@ -279,8 +279,14 @@ def _extract(source: Path, works: list[_ClipWork], config: PreprocessConfig, mak
         current.observations.append(current.tracker.analyze(image))
 
 
-def _finish_clip(work: _ClipWork, config: PreprocessConfig, audio: np.ndarray | None, encoder) -> tuple[str | None, dict]:
-    """Write meta.npz (+ audio) of an extracted clip; returns (drop reason or None, its record)."""
+def _finish_clip(
+    work: _ClipWork, config: PreprocessConfig, audio: np.ndarray | None, audio_lead: int, encoder
+) -> tuple[str | None, dict]:
+    """Write meta.npz (+ audio) of an extracted clip; returns (drop reason or None, its record).
+
+    ``audio_lead``: the index of the audio sample that plays with the first video frame (see
+    process_video).
+    """
     from emo.conditioning.face import Box, region_mask, rotation_speed
 
     offsets = work.writer.close()
@@ -325,9 +331,7 @@ def _finish_clip(work: _ClipWork, config: PreprocessConfig, audio: np.ndarray | 
     if has_audio:
         a0 = int(round(work.k0 / config.fps * clipfmt.AUDIO_RATE))
         a1 = int(round(work.k1 / config.fps * clipfmt.AUDIO_RATE))
-        wave = np.zeros(a1 - a0, dtype=np.float32)
-        part = audio[a0:a1]
-        wave[: len(part)] = part  # audio shorter than the video: silence, as a player would
+        wave = _audio_span(audio, a0 + audio_lead, a1 - a0)
         clipfmt.write_audio(work.directory / clipfmt.AUDIO, wave)
         if encoder is not None:
             write_audio_features(work.directory, wave, config.fps, num, encoder)
@@ -343,6 +347,16 @@ def _finish_clip(work: _ClipWork, config: PreprocessConfig, audio: np.ndarray | 
         "has_audio": has_audio,
         "stats": work.stats,
     }
+
+
+def _audio_span(audio: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``length`` samples of ``audio`` from index ``start`` (may be negative); silence where the track
+    has none (before it starts, after it ends), as a player would play it."""
+    wave = np.zeros(length, dtype=np.float32)
+    lo, hi = max(start, 0), min(start + length, len(audio))
+    if hi > lo:
+        wave[lo - start : hi - start] = audio[lo:hi]
+    return wave
 
 
 def write_audio_features(clip_dir: Path, wave: np.ndarray, fps: float, num_frames: int, encoder) -> None:
@@ -418,6 +432,7 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: _To
         record["info"] = {
             "fps": info.fps, "width": info.width, "height": info.height,
             "duration_s": info.duration_s, "has_audio": info.has_audio,
+            "audio_delay_s": round(info.audio_start_s - info.start_s, 6) if info.has_audio else None,
         }
         cuts, decoded, samples = _analyse(source, info, config, tools.analyzer)
         if decoded == 0:
@@ -446,6 +461,10 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: _To
                 audio = load_audio(source, clipfmt.AUDIO_RATE)
             except EmoError as exc:
                 logger.warning("%s: audio unreadable, clips kept without audio (%s)", source, exc)
+        # Output time 0 is the first video frame (iter_video_frames) but audio sample 0 is the first audio
+        # sample; the streams of a container may start at different times (an edit list, a recorder that
+        # starts one late): line them up on the container clock, as a player does, or lips and speech drift.
+        audio_lead = int(round((info.start_s - info.audio_start_s) * clipfmt.AUDIO_RATE))
         try:
             _extract(source, works, config, tools.make_tracker)
         except BaseException:
@@ -459,7 +478,7 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: _To
             if work.writer is None:  # the video ended before this clip (short decode at 30 fps)
                 dropped.append(_drop(work.span, "too_short", work.stats))
                 continue
-            reason, clip = _finish_clip(work, config, audio, tools.encoder)
+            reason, clip = _finish_clip(work, config, audio, audio_lead, tools.encoder)
             if reason:
                 shutil.rmtree(work.directory)
                 dropped.append(_drop(work.span, reason, work.stats))
