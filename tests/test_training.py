@@ -349,20 +349,44 @@ def test_cli_trains_and_resumes(assets, runs, tmp_path, capsys):
     assert "train.lr must be > 0" in capsys.readouterr().err
 
 
+SLOW_RANK_1 = """
+import os, sys, time
+import safetensors.torch
+from emo.cli import main
+
+save_file = safetensors.torch.save_file
+
+
+def slow_save_file(tensors, filename, *args, **kwargs):
+    if os.environ["RANK"] == "1" and os.path.basename(filename).startswith("rng_"):
+        time.sleep(2)  # the main process is done with its part of the checkpoint long before
+    return save_file(tensors, filename, *args, **kwargs)
+
+
+safetensors.torch.save_file = slow_save_file
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
     """The same command under torchrun (2 processes, DDP over gloo on CPU): stage 1 with the ReferenceNet
-    training (no unused-parameter errors), and interrupting + resuming matches the uninterrupted run."""
+    training (no unused-parameter errors), and interrupting + resuming matches the uninterrupted run.
+
+    In the interrupted run rank 1 writes its RNG state 2 s late at every checkpoint: the main process must
+    wait for it before renaming the checkpoint into place (else rank 1 crashes, or its file is lost)."""
     import os
     import subprocess
     import sys
 
     config = tmp_path / "stage1.yaml"
     config.write_text((CONFIGS / "stage1_tiny.yaml").read_text())
+    slow = tmp_path / "slow_rank_1.py"
+    slow.write_text(SLOW_RANK_1)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
-    def train(out: Path, *extra: str) -> None:
+    def train(out: Path, *extra: str, program: tuple[str, ...] = ("-m", "emo.cli")) -> None:
         args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "emo.cli", "train", str(config), f"vae={assets['vae']}", f"init.sd15={assets['sd15']}",
+                *program, "train", str(config), f"vae={assets['vae']}", f"init.sd15={assets['sd15']}",
                 f"data.dataset={assets['dataset']}", f"run.output_dir={out}", "run.validate_every=0",
                 "run.checkpoint_every=2", "train.batch_size=1", "train.warmup_steps=0", *extra]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
@@ -373,10 +397,14 @@ def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
         return {r["step"]: r["loss"] for r in records if "loss" in r}
 
     train(tmp_path / "a", "--max-steps", "4")
-    train(tmp_path / "b", "--max-steps", "2")
-    train(tmp_path / "b", "--max-steps", "4", "--resume", "auto")
-    state = json.loads((tmp_path / "b" / "checkpoints" / "step_00000004" / layout.STATE).read_text())
-    assert state["world_size"] == 2 and state["step"] == 4
+    train(tmp_path / "b", "--max-steps", "2", program=(str(slow),))
+    train(tmp_path / "b", "--max-steps", "4", "--resume", "auto", program=(str(slow),))
+    for step in (2, 4):
+        checkpoint = tmp_path / "b" / "checkpoints" / f"step_{step:08d}"
+        state = json.loads((checkpoint / layout.STATE).read_text())
+        assert state["world_size"] == 2 and state["step"] == step
+        assert (checkpoint / "rng_0.safetensors").is_file() and (checkpoint / "rng_1.safetensors").is_file()
+    assert not list((tmp_path / "b" / "checkpoints").glob(".tmp-*"))
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     assert max(abs(a[k] - b[k]) for k in a) <= 1e-6

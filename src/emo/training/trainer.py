@@ -422,7 +422,7 @@ class Trainer:
         acc = self.accelerator
         root = self.run_dir / layout.CHECKPOINTS
         final = root / f"step_{position.step:08d}"
-        temp = root / f".tmp-{final.name}"
+        temp = root / f".tmp-{final.name}"  # from the step alone (no pid): the same directory on every rank
         if acc.is_main_process:
             shutil.rmtree(temp, ignore_errors=True)
             temp.mkdir(parents=True)
@@ -433,6 +433,7 @@ class Trainer:
         save_file(rng, str(temp / f"rng_{self.rank}.safetensors"))
         if self._deepspeed:
             acc.save_state(str(temp / "deepspeed"))  # DeepSpeed shards the optimizer: its own format
+        acc.wait_for_everyone()  # every rank's files are in temp/ before the main process renames it
         if acc.is_main_process:
             save_file({k: p.detach().cpu().contiguous() for k, p in self.trainable.items()}, str(temp / layout.TRAINABLE))
             if self.ema is not None:
@@ -466,9 +467,18 @@ class Trainer:
         if sorted(state["components"]) != sorted(self.cfg.components):
             raise EmoError(f"{checkpoint} trained {', '.join(state['components'])}, the config trains "
                            f"{', '.join(self.cfg.components)}: resume with the run's own config")
+        # Every rank of the saving run wrote its RNG state; one missing means the checkpoint is damaged. All
+        # ranks check all files (same files, same verdict), so none is left waiting for the others.
+        missing = [f"rng_{r}.safetensors" for r in range(state["world_size"])
+                   if not (checkpoint / f"rng_{r}.safetensors").is_file()]
+        if missing:
+            raise EmoError(f"{checkpoint} is incomplete: {', '.join(missing)} missing (it was written by "
+                           f"{state['world_size']} processes); resume from an earlier checkpoint")
         if state["world_size"] != self.world:
-            log.warning("%s was written by %d processes, resuming on %d: the data order changes from here",
-                        checkpoint, state["world_size"], self.world)
+            log.warning("%s was written by %d processes, resuming on %d: the data order changes from here%s",
+                        checkpoint, state["world_size"], self.world,
+                        f" and ranks >= {state['world_size']} start from a fresh RNG state"
+                        if self.world > state["world_size"] else "")
         layout.load_trained_parameters(self.model, load_file(str(checkpoint / layout.TRAINABLE)), checkpoint)
         if self._deepspeed:
             self.accelerator.load_state(str(checkpoint / "deepspeed"))
@@ -482,9 +492,8 @@ class Trainer:
             ema_file = checkpoint / layout.EMA
             source = load_file(str(ema_file)) if ema_file.is_file() else self.trainable
             self.ema.shadow = {k: v.detach().float().clone().to(self.device) for k, v in source.items()}
-        rng_file = checkpoint / f"rng_{self.rank}.safetensors"
-        if rng_file.is_file():
-            rng = load_file(str(rng_file))
+        if self.rank < state["world_size"]:
+            rng = load_file(str(checkpoint / f"rng_{self.rank}.safetensors"))
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
