@@ -121,8 +121,14 @@ def test_region_and_speed_reach_the_network(pipe, short_audio, tmp_path):
 
     def first_cond(**changes):
         seen.clear()
-        pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", replace(FAST, **changes), overwrite=True,
-                      progress=False)
+        pipe.generate(
+            PORTRAIT,
+            short_audio,
+            tmp_path / "o.mp4",
+            replace(FAST, **changes),
+            overwrite=True,
+            progress=False,
+        )
         return seen[0]
 
     face, full = first_cond(region="face"), first_cond(region="full")
@@ -142,7 +148,11 @@ def test_guidance_plan_combines_as_documented():
         if s_audio == 1.0 and s_ref != 1.0:
             expected = e01 + s_ref * (e11 - e01)
         else:
-            expected = e00 + s_ref * (e10 - e00) + s_audio * (e11 - e10) if s_ref != 1.0 else e10 + s_audio * (e11 - e10)
+            expected = (
+                e00 + s_ref * (e10 - e00) + s_audio * (e11 - e10)
+                if s_ref != 1.0
+                else e10 + s_audio * (e11 - e10)
+            )
         assert torch.allclose(got, expected)
     assert guidance_plan(1.0, 1.0)[0] == [(True, True)]  # guidance off costs one pass
 
@@ -186,34 +196,64 @@ def test_missing_checkpoint_component(weights, tmp_path):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "emo.cli", "generate", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "emo.cli", "generate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path):
     out = tmp_path / "cli.mp4"
-    done = run_cli("--weights", weights, "--image", PORTRAIT, "--audio", short_audio, "--out", out,
-                   "--steps", 2, "--size", 64, "--fps", 10, "--quiet")
+    done = run_cli(
+        "--weights",
+        weights,
+        "--image",
+        PORTRAIT,
+        "--audio",
+        short_audio,
+        "--out",
+        out,
+        "--steps",
+        2,
+        "--size",
+        64,
+        "--fps",
+        10,
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     assert "15 frames" in done.stdout and out.is_file()
 
     jobs = tmp_path / "jobs.json"
-    jobs.write_text(f'[{{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j1.mp4"}"}},'
-                    f' {{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j2.mp4"}", "seed": 3}}]')
+    jobs.write_text(
+        f'[{{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j1.mp4"}"}},'
+        f' {{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j2.mp4"}", "seed": 3}}]'
+    )
     done = run_cli("--weights", weights, "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "j1.mp4").is_file() and (tmp_path / "j2.mp4").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps"),
-    (["--region", "middle"], "region"),
-    (["--size", "100"], "--size"),
-    (["--audio", "/nonexistent.wav"], "nonexistent.wav"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--region", "middle"], "region"),
+        (["--size", "100"], "--size"),
+        (["--audio", "/nonexistent.wav"], "nonexistent.wav"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, args, message):
-    base = {"--weights": str(weights), "--image": str(PORTRAIT), "--audio": str(short_audio),
-            "--out": str(tmp_path / "o.mp4"), "--size": "64", "--steps": "1"}
+    base = {
+        "--weights": str(weights),
+        "--image": str(PORTRAIT),
+        "--audio": str(short_audio),
+        "--out": str(tmp_path / "o.mp4"),
+        "--size": "64",
+        "--steps": "1",
+    }
     base.update(dict(zip(args[::2], args[1::2])))
     done = run_cli(*[x for kv in base.items() for x in kv], "--quiet")
     assert done.returncode == 2
@@ -223,8 +263,21 @@ def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, a
 
 
 def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_path):
-    common = ["--weights", weights, "--image", PORTRAIT, "--audio", short_audio, "--steps", 1, "--size", 64,
-              "--fps", 10, "--quiet"]
+    common = [
+        "--weights",
+        weights,
+        "--image",
+        PORTRAIT,
+        "--audio",
+        short_audio,
+        "--steps",
+        1,
+        "--size",
+        64,
+        "--fps",
+        10,
+        "--quiet",
+    ]
     done = run_cli(*common, "--out", tmp_path / "new" / "dir" / "o.mp4")
     assert done.returncode == 0 and (tmp_path / "new" / "dir" / "o.mp4").is_file()
     (tmp_path / "a-file").write_text("not a folder")
@@ -242,13 +295,18 @@ def test_speed_options_keep_the_output(weights, option):
         torch.manual_seed(0)
         cfg = pipe.model.audio_projector.config
         noisy = torch.randn(1, 3, 4, 8, 8)
-        cond = Conditioning(audio=torch.randn(1, 3, cfg.window, cfg.num_layers, cfg.feature_dim),
-                            speed=torch.rand(1, 3, 5), face_mask=torch.ones(1, 1, 64, 64))
+        cond = Conditioning(
+            audio=torch.randn(1, 3, cfg.window, cfg.num_layers, cfg.feature_dim),
+            speed=torch.rand(1, 3, 5),
+            face_mask=torch.ones(1, 1, 64, 64),
+        )
         with torch.no_grad():
             ref = pipe.model.reference_features(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 8, 8))
             return pipe.model(noisy, torch.tensor([500]), cond, ref)
 
     plain = predict(EMOPipeline.from_weights(weights))
     fast = EMOPipeline.from_weights(weights)
-    fast.optimize(channels_last=option == "channels_last", compile=option == "compile", compile_backend="aot_eager")
+    fast.optimize(
+        channels_last=option == "channels_last", compile=option == "compile", compile_backend="aot_eager"
+    )
     assert torch.allclose(predict(fast), plain, atol=1e-5)

@@ -54,8 +54,11 @@ def _run_one(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "audio.wav"
         sf.write(wav, looped, 16000)
-        pipe = (EMOPipeline.from_weights(args.weights, device=args.device, dtype=dtype) if args.weights
-                else EMOPipeline.tiny(args.device, dtype))
+        pipe = (
+            EMOPipeline.from_weights(args.weights, device=args.device, dtype=dtype)
+            if args.weights
+            else EMOPipeline.tiny(args.device, dtype)
+        )
         opts = GenerationOptions(steps=args.steps, size=args.size, audio_guidance=args.audio_guidance)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -72,10 +75,29 @@ def run(args) -> int:
         return 0
     rows = []
     for length in [float(x) for x in args.lengths.split(",")]:
-        cmd = [sys.executable, "-m", "emo.generate_bench", "--one", str(length), "--size", str(args.size),
-               "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype, "--threads",
-               str(args.threads), "--image", args.image, "--audio", args.audio, "--audio-guidance",
-               str(args.audio_guidance)] + (["--weights", args.weights] if args.weights else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "emo.generate_bench",
+            "--one",
+            str(length),
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+            "--image",
+            args.image,
+            "--audio",
+            args.audio,
+            "--audio-guidance",
+            str(args.audio_guidance),
+        ] + (["--weights", args.weights] if args.weights else [])
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             print(done.stderr, file=sys.stderr)
@@ -85,10 +107,14 @@ def run(args) -> int:
     print(f"{model}, {args.size}², {args.steps} steps, {args.device} {args.dtype}, {args.threads} threads")
     for length, r in rows:
         gpu = f", peak GPU {r['peak_gpu_mib']:.0f} MiB" if r["peak_gpu_mib"] else ""
-        print(f"  {length:6.1f} s audio: {r['frames']:5d} frames, {r['seconds']:7.1f} s, "
-              f"{r['seconds'] / r['frames']:.3f} s/frame, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}")
+        print(
+            f"  {length:6.1f} s audio: {r['frames']:5d} frames, {r['seconds']:7.1f} s, "
+            f"{r['seconds'] / r['frames']:.3f} s/frame, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}"
+        )
     if len(rows) > 1:
-        print(f"peak RSS ratio longest/shortest: {rows[-1][1]['peak_rss_mib'] / rows[0][1]['peak_rss_mib']:.2f}x")
+        print(
+            f"peak RSS ratio longest/shortest: {rows[-1][1]['peak_rss_mib'] / rows[0][1]['peak_rss_mib']:.2f}x"
+        )
     return 0
 
 

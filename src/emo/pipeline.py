@@ -53,11 +53,23 @@ class GenerationOptions:
     def validate(self) -> None:
         checks = [
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"),
-            (math.isfinite(self.speed) and 0 <= self.speed <= 5, f"--speed must be in [0, 5], got {self.speed}"),
+            (
+                self.sampler in SAMPLERS,
+                f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
+            ),
+            (
+                math.isfinite(self.speed) and 0 <= self.speed <= 5,
+                f"--speed must be in [0, 5], got {self.speed}",
+            ),
             (self.fps > 0 and math.isfinite(self.fps), f"--fps must be positive, got {self.fps}"),
-            (self.size >= 64 and self.size % 8 == 0, f"--size must be a multiple of 8 and >= 64, got {self.size}"),
-            (self.clip_frames >= 1 and self.motion_frames >= 0, "clip and motion frame counts must be positive"),
+            (
+                self.size >= 64 and self.size % 8 == 0,
+                f"--size must be a multiple of 8 and >= 64, got {self.size}",
+            ),
+            (
+                self.clip_frames >= 1 and self.motion_frames >= 0,
+                "clip and motion frame counts must be positive",
+            ),
             (self.reference_guidance >= 0 and self.audio_guidance >= 0, "guidance scales must be >= 0"),
             (self.decode_chunk >= 1, f"decode chunk must be >= 1, got {self.decode_chunk}"),
         ]
@@ -74,16 +86,25 @@ class GenerationResult:
     seconds: float  # wall-clock time of the whole generation
 
     def summary(self) -> str:
-        return (f"wrote {self.path}: {self.frames} frames in {self.clips} clips, {self.seconds:.1f} s "
-                f"({self.seconds / max(self.frames, 1):.2f} s/frame)")
+        return (
+            f"wrote {self.path}: {self.frames} frames in {self.clips} clips, {self.seconds:.1f} s "
+            f"({self.seconds / max(self.frames, 1):.2f} s/frame)"
+        )
 
 
 def make_scheduler(sampler: str):
     """SD1.5's noise schedule (EMO.md §2) with the chosen sampler."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
+    schedule = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
     if sampler == "ddim":
         return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
     if sampler == "dpm++":
@@ -103,15 +124,24 @@ def guidance_plan(reference_scale: float, audio_scale: float) -> tuple[list[tupl
         return [(True, False), (True, True)], [1.0 - audio_scale, audio_scale]
     if audio_scale == 1.0:
         return [(False, True), (True, True)], [1.0 - reference_scale, reference_scale]
-    return ([(False, False), (True, False), (True, True)],
-            [1.0 - reference_scale, reference_scale - audio_scale, audio_scale])
+    return (
+        [(False, False), (True, False), (True, True)],
+        [1.0 - reference_scale, reference_scale - audio_scale, audio_scale],
+    )
 
 
 class EMOPipeline:
     """The EMO network with its frozen VAE and audio encoder, ready to generate."""
 
-    def __init__(self, model: EMO, vae, audio_encoder, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        model: EMO,
+        vae,
+        audio_encoder,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_dir: str | Path | None = None,
+    ):
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval().requires_grad_(False)
@@ -122,8 +152,15 @@ class EMOPipeline:
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
-    def from_weights(cls, weights: str | Path, vae: str | Path | None = None, audio_encoder: str | Path | None = None,
-                     device="cpu", dtype=torch.float32, cache_dir=None) -> EMOPipeline:
+    def from_weights(
+        cls,
+        weights: str | Path,
+        vae: str | Path | None = None,
+        audio_encoder: str | Path | None = None,
+        device="cpu",
+        dtype=torch.float32,
+        cache_dir=None,
+    ) -> EMOPipeline:
         """A trained checkpoint directory (`emo train export`), with the VAE and wav2vec2 in its `vae/` and
         `wav2vec2/` subfolders unless given explicitly."""
         from emo.conditioning.audio import AudioEncoder
@@ -136,11 +173,19 @@ class EMOPipeline:
         audio_path = Path(audio_encoder) if audio_encoder else weights / "wav2vec2"
         for path, flag in ((vae_path, "--vae"), (audio_path, "--audio-encoder")):
             if not path.exists():
-                raise EmoError(f"{path} not found: pass {flag} PATH (a local diffusers VAE / transformers "
-                               "wav2vec2 folder) or put it inside the --weights directory")
+                raise EmoError(
+                    f"{path} not found: pass {flag} PATH (a local diffusers VAE / transformers "
+                    "wav2vec2 folder) or put it inside the --weights directory"
+                )
         model = EMO.from_pretrained(weights)
-        return cls(model, load_vae(vae_path), AudioEncoder.from_pretrained(audio_path, device=device),
-                   device, dtype, cache_dir)
+        return cls(
+            model,
+            load_vae(vae_path),
+            AudioEncoder.from_pretrained(audio_path, device=device),
+            device,
+            dtype,
+            cache_dir,
+        )
 
     @classmethod
     def tiny(cls, device="cpu", dtype=torch.float32, seed: int = 0, cache_dir=None) -> EMOPipeline:
@@ -148,34 +193,48 @@ class EMOPipeline:
         from emo.conditioning.audio import AudioEncoder
         from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 
-        return cls(tiny_emo(seed), tiny_vae(seed), AudioEncoder(tiny_audio_model(seed)), device, dtype, cache_dir)
+        return cls(
+            tiny_emo(seed), tiny_vae(seed), AudioEncoder(tiny_audio_model(seed)), device, dtype, cache_dir
+        )
 
-    def optimize(self, channels_last: bool = False, compile: bool = False, compile_backend: str = "inductor",
-                 compile_mode: str | None = None) -> EMOPipeline:
+    def optimize(
+        self,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        compile_mode: str | None = None,
+    ) -> EMOPipeline:
         """Speed options. channels-last suits convolutions on GPUs (tensor cores); torch.compile fuses the
         backbone's elementwise work (the first clip pays the compile time; shapes stay fixed after it)."""
         if channels_last:
             for module in (self.model.backbone, self.model.reference_net, self.vae):
                 module.to(memory_format=torch.channels_last)
         if compile:
-            self.model.backbone = torch.compile(self.model.backbone, backend=compile_backend, mode=compile_mode,
-                                                dynamic=False)
+            self.model.backbone = torch.compile(
+                self.model.backbone, backend=compile_backend, mode=compile_mode, dynamic=False
+            )
         return self
 
     # -- inputs ------------------------------------------------------------------------------------
-    def prepare_audio(self, audio_path: str | Path, opts: GenerationOptions) -> tuple[np.ndarray, torch.Tensor]:
+    def prepare_audio(
+        self, audio_path: str | Path, opts: GenerationOptions
+    ) -> tuple[np.ndarray, torch.Tensor]:
         """Waveform (16 kHz mono) and windowed per-frame features (F, 2m+1, L, D)."""
         waveform = load_audio(audio_path, SAMPLE_RATE)
         duration = waveform.size / SAMPLE_RATE
         if opts.max_duration and duration > opts.max_duration:
-            raise EmoError(f"{audio_path} is {duration:.0f} s long, over the {opts.max_duration:.0f} s limit; "
-                           "pass --max-duration 0 (no limit) or a larger value to generate it anyway")
+            raise EmoError(
+                f"{audio_path} is {duration:.0f} s long, over the {opts.max_duration:.0f} s limit; "
+                "pass --max-duration 0 (no limit) or a larger value to generate it anyway"
+            )
         num_frames = num_frames_for(duration, opts.fps)
         features = self.audio_encoder.frame_features(waveform, opts.fps, num_frames, cache_dir=self.cache_dir)
         proj = self.model.audio_projector.config
         if features.shape[1:] != (proj.num_layers, proj.feature_dim):
-            raise EmoError(f"the audio encoder gives {features.shape[1]} layers x {features.shape[2]} features, the "
-                           f"model expects {proj.num_layers} x {proj.feature_dim}: use the wav2vec2 it was trained with")
+            raise EmoError(
+                f"the audio encoder gives {features.shape[1]} layers x {features.shape[2]} features, the "
+                f"model expects {proj.num_layers} x {proj.feature_dim}: use the wav2vec2 it was trained with"
+            )
         return waveform, window(features, proj.window // 2)
 
     def prepare_portrait(self, image_path: str | Path, opts: GenerationOptions):
@@ -196,15 +255,23 @@ class EMOPipeline:
     def decode(self, latents: torch.Tensor, chunk: int):
         """(F, 4, h, w) latents -> uint8 frames (h*8, w*8, 3), a few at a time."""
         for start in range(0, latents.shape[0], chunk):
-            pixels = self.vae.decode(latents[start:start + chunk] / self.vae.config.scaling_factor).sample
+            pixels = self.vae.decode(latents[start : start + chunk] / self.vae.config.scaling_factor).sample
             pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             yield from rearrange(pixels, "f c h w -> f h w c").cpu().numpy()
 
     # -- generation --------------------------------------------------------------------------------
     @torch.no_grad()
-    def denoise_clip(self, noise: torch.Tensor, audio: torch.Tensor, speed: torch.Tensor, mask: torch.Tensor,
-                     reference: torch.Tensor, motion: torch.Tensor | None, opts: GenerationOptions,
-                     progress=None) -> torch.Tensor:
+    def denoise_clip(
+        self,
+        noise: torch.Tensor,
+        audio: torch.Tensor,
+        speed: torch.Tensor,
+        mask: torch.Tensor,
+        reference: torch.Tensor,
+        motion: torch.Tensor | None,
+        opts: GenerationOptions,
+        progress=None,
+    ) -> torch.Tensor:
         """One clip: (1, f, 4, h, w) noise -> denoised latents, with one ReferenceNet pass."""
         passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
         reference_variants = sorted({ref_on for ref_on, _ in passes}, reverse=True)  # True first
@@ -234,9 +301,15 @@ class EMOPipeline:
                 progress.update(1)
         return latents
 
-    def generate(self, image_path: str | Path, audio_path: str | Path, out_path: str | Path,
-                 opts: GenerationOptions = GenerationOptions(), overwrite: bool = False,
-                 progress: bool = True) -> GenerationResult:
+    def generate(
+        self,
+        image_path: str | Path,
+        audio_path: str | Path,
+        out_path: str | Path,
+        opts: GenerationOptions = GenerationOptions(),
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> GenerationResult:
         opts.validate()
         start = time.perf_counter()
         out_path = Path(out_path)
@@ -250,7 +323,9 @@ class EMOPipeline:
         # Pad the last clip to f frames with its final audio frame; the extra frames are never written.
         audio = torch.cat([audio, audio[-1:].expand(clips * f - total, *audio.shape[1:])])
         speed = self.speed_window(clips * f, opts.speed)
-        mask = torch.from_numpy(np.ascontiguousarray(portrait.mask, dtype=np.float32))[None, None].to(self.device)
+        mask = torch.from_numpy(np.ascontiguousarray(portrait.mask, dtype=np.float32))[None, None].to(
+            self.device
+        )
         reference = self.encode_image(portrait.image)
         h, w = reference.shape[-2:]
         generator = torch.Generator("cpu").manual_seed(opts.seed)
@@ -258,14 +333,28 @@ class EMOPipeline:
         written = 0
         motion = None  # previous clip's last n latents; the first clip gets zero motion features
         bar = tqdm(total=clips * opts.steps, desc="generating", unit="step", disable=not progress)
-        with VideoWriter(out_path, opts.fps, opts.size, opts.size, audio=waveform, audio_rate=SAMPLE_RATE,
-                         overwrite=overwrite) as writer:
+        with VideoWriter(
+            out_path,
+            opts.fps,
+            opts.size,
+            opts.size,
+            audio=waveform,
+            audio_rate=SAMPLE_RATE,
+            overwrite=overwrite,
+        ) as writer:
             for clip in range(clips):
                 window_ = slice(clip * f, (clip + 1) * f)
                 noise = torch.randn(1, f, 4, h, w, generator=generator).to(self.device)
                 latents = self.denoise_clip(
-                    noise, audio[window_][None].to(self.device, self.dtype), speed[window_][None].to(self.device),
-                    mask, reference, motion, opts, bar)
+                    noise,
+                    audio[window_][None].to(self.device, self.dtype),
+                    speed[window_][None].to(self.device),
+                    mask,
+                    reference,
+                    motion,
+                    opts,
+                    bar,
+                )
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
                 for frame in self.decode(latents[0, :keep].to(self.dtype), opts.decode_chunk):
@@ -279,6 +368,9 @@ class EMOPipeline:
 def _select(features: ReferenceFeatures, index: int) -> ReferenceFeatures:
     """Batch item `index` of a batched ReferenceNet output."""
     n = features.num_motion
-    motion = None if features.motion is None else {
-        k: v[index * n:(index + 1) * n] for k, v in features.motion.items()}
-    return ReferenceFeatures({k: v[index:index + 1] for k, v in features.spatial.items()}, motion, n)
+    motion = (
+        None
+        if features.motion is None
+        else {k: v[index * n : (index + 1) * n] for k, v in features.motion.items()}
+    )
+    return ReferenceFeatures({k: v[index : index + 1] for k, v in features.spatial.items()}, motion, n)

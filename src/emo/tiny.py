@@ -24,9 +24,16 @@ def tiny_vae(seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32), sample_size=64, scaling_factor=0.18215,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        sample_size=64,
+        scaling_factor=0.18215,
     ).eval()
 
 
@@ -37,9 +44,16 @@ def tiny_audio_model(seed: int = 0):
     cfg = tiny()
     torch.manual_seed(seed)
     config = Wav2Vec2Config(
-        hidden_size=cfg.audio_feature_dim, num_hidden_layers=cfg.audio_layers - 1, num_attention_heads=2,
-        intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-        feat_extract_norm="group", do_stable_layer_norm=False, vocab_size=32,
+        hidden_size=cfg.audio_feature_dim,
+        num_hidden_layers=cfg.audio_layers - 1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        vocab_size=32,
     )
     return Wav2Vec2Model(config).eval()
 
