@@ -8,6 +8,7 @@ are n=2 motion + f=4 current frames, so every stage runs a step in about a secon
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -150,6 +151,37 @@ def test_min_snr_weights_down_weight_only_low_noise_steps():
     assert torch.allclose(w[snr <= 5], torch.ones_like(w[snr <= 5]))  # noisy steps: plain MSE
     assert torch.allclose(w[snr > 5] * snr[snr > 5], torch.full_like(w[snr > 5], 5.0))  # clean steps: γ / SNR
     assert (snr > 5).any() and (snr <= 5).any()
+
+
+def test_deepspeed_takes_batch_accumulation_and_clipping_from_the_stage_config():
+    """accelerate lets a DeepSpeed config's gradient_accumulation_steps win over the stage config's with only
+    a warning; the trainer writes the stage config's values into the plugin's config instead. Checked on the
+    plugin accelerate builds from the shipped accelerate config (that needs no deepspeed)."""
+    import yaml
+    from accelerate.utils import DeepSpeedPlugin
+
+    from emo.training.trainer import reconcile_deepspeed_config
+
+    stage1 = load_config(CONFIGS / "stage1.yaml").train  # batch 6 x 8 micro-batches, max_grad_norm 1.0
+    shipped = yaml.safe_load((CONFIGS / "accelerate" / "deepspeed_zero2.yaml").read_text())
+    ds = DeepSpeedPlugin(**shipped["deepspeed_config"]).deepspeed_config
+    assert reconcile_deepspeed_config(ds, stage1, 8) == []  # the shipped file sets none of them
+    keys = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
+    assert [ds[k] for k in keys] == [6, 8, 1.0]
+    assert ds["train_batch_size"] == "auto"  # accelerate fills it from the values above
+
+    # An accelerate config that names other values (as the shipped one did: 1 step, clip 1.0) is overridden.
+    old = DeepSpeedPlugin(**shipped["deepspeed_config"], gradient_accumulation_steps=1, gradient_clipping=0.5)
+    old = old.deepspeed_config
+    changed = reconcile_deepspeed_config(old, stage1, 8)
+    assert changed == ["gradient_accumulation_steps: 1 -> 8", "gradient_clipping: 0.5 -> 1.0"]
+    assert (old["gradient_accumulation_steps"], old["gradient_clipping"]) == (8, 1.0)
+    # A DeepSpeed JSON with a fixed total batch (DeepSpeed requires micro x accumulation x processes), and
+    # train.max_grad_norm 0 (measure only) -> DeepSpeed's 0.0 (no clipping).
+    config = {"train_batch_size": 48, "train_micro_batch_size_per_gpu": 6, "zero_optimization": {"stage": 2}}
+    changed = reconcile_deepspeed_config(config, dataclasses.replace(stage1, max_grad_norm=0.0), 8)
+    assert changed == ["train_batch_size: 48 -> 384"]
+    assert [config[k] for k in ("train_batch_size", *keys)] == [384, 6, 8, 0.0]
 
 
 # -- stages -------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from torch import nn
 from emo.errors import EmoError
 from emo.models import Conditioning
 from emo.training import export as layout
-from emo.training.config import StageConfig
+from emo.training.config import StageConfig, TrainConfig
 from emo.training.stages import (
     ModelInputs,
     build_dataset,
@@ -145,6 +145,31 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return torch.clamp(snr, max=gamma) / snr
 
 
+def reconcile_deepspeed_config(ds_config: dict, train: TrainConfig, num_processes: int) -> list[str]:
+    """Make a DeepSpeed config (the plugin's `deepspeed_config` dict, changed in place) train with the stage
+    config's batch, gradient accumulation and clipping; returns "key: old -> new" for each value it overrode.
+
+    accelerate lets DeepSpeed's own values win with only a warning, so an accelerate config left at
+    `gradient_accumulation_steps: 1` would silently take 8x the optimizer steps of a stage config that
+    accumulates 8 micro-batches. The stage config is the one place these are set, so its values are written
+    here. `train_batch_size` (DeepSpeed checks it equals micro-batch x accumulation x processes) is set only
+    when the config names a number; "auto" is filled in by accelerate from the values written here.
+    """
+    # gradient_clipping 0.0: DeepSpeed does not clip, as train.max_grad_norm 0 (measure only)
+    wanted = {"train_micro_batch_size_per_gpu": train.batch_size,
+              "gradient_accumulation_steps": train.gradient_accumulation,
+              "gradient_clipping": float(train.max_grad_norm)}
+    if ds_config.get("train_batch_size", "auto") != "auto":
+        wanted["train_batch_size"] = train.batch_size * train.gradient_accumulation * num_processes
+    changed = []
+    for key, value in wanted.items():
+        old = ds_config.get(key, "auto")
+        if old != "auto" and old != value:
+            changed.append(f"{key}: {old} -> {value}")
+        ds_config[key] = value
+    return changed
+
+
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
     value = int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(value)
@@ -218,8 +243,18 @@ class Trainer:
         optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
                                       weight_decay=t.weight_decay, eps=t.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-        if acc.state.deepspeed_plugin is not None:  # no DataLoader goes through prepare(): tell DeepSpeed the batch
-            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
+        plugin = acc.state.deepspeed_plugin
+        if plugin is not None:  # the stage config decides batch, accumulation and clipping, not DeepSpeed's
+            for change in reconcile_deepspeed_config(plugin.deepspeed_config, t, self.world):
+                log.warning("DeepSpeed config %s (from the stage config's train section)", change)
+            plugin.gradient_accumulation_steps = t.gradient_accumulation
+            plugin.gradient_clipping = float(t.max_grad_norm)
+        if acc.gradient_accumulation_steps != t.gradient_accumulation:
+            # ACCELERATE_GRADIENT_ACCUMULATION_STEPS (from an accelerate config) overrides what Accelerator()
+            # was given; the loop below accumulates train.gradient_accumulation micro-batches.
+            log.warning("accelerate was set to accumulate %d micro-batches; using train.gradient_accumulation %d",
+                        acc.gradient_accumulation_steps, t.gradient_accumulation)
+            acc.gradient_accumulation_steps = t.gradient_accumulation
         self.net, self.optimizer = acc.prepare(TrainingModel(model), optimizer)
         self.ema = EMA(self.trainable, t.ema_decay) if t.ema_decay is not None else None
 
