@@ -296,6 +296,48 @@ def test_gradient_checkpointing_and_bf16_keep_the_training(assets, runs, tmp_pat
     assert max(abs(plain_losses[k] - bf16_losses[k]) for k in plain_losses) <= 2e-2
 
 
+def test_fp16_on_the_cpu_is_refused(assets, tmp_path):
+    """accelerate gives fp16 on a CPU neither autocast nor a grad scaler (only the inputs would be half), so
+    the trainer refuses it rather than run an untested half-fp16 path; bf16 is the CPU's mixed precision."""
+    from accelerate.state import AcceleratorState
+
+    cfg = stage_config(assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])},
+                       train={"mixed_precision": "fp16"})
+    AcceleratorState._reset_state()  # one precision per process: start afresh, and leave none behind
+    try:
+        with pytest.raises(EmoError, match="fp16 needs a GPU"):
+            Trainer(cfg)
+    finally:
+        AcceleratorState._reset_state()
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_checkpoint_missing_a_ranks_rng_state(assets, runs, tmp_path):
+    import shutil
+
+    shutil.copytree(runs[1], tmp_path / "run")
+    (checkpoint,) = layout.list_checkpoints(tmp_path / "run")
+    (checkpoint / "rng_0.safetensors").unlink()
+    cfg = stage_config(assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])}, train={"max_steps": 4})
+    with pytest.raises(EmoError, match=r"step_00000003 is incomplete: rng_0\.safetensors missing"):
+        Trainer(cfg).fit(resume="auto")
+
+
+def test_export_uses_the_ema_unless_no_ema(assets, tmp_path):
+    from emo.cli import main
+
+    cfg = stage_config(assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])},
+                       train={"max_steps": 2, "ema_decay": 0.5})
+    checkpoint = Trainer(cfg).fit().last_checkpoint
+    ema, raw = load_file(str(checkpoint / layout.EMA)), load_file(str(checkpoint / layout.TRAINABLE))
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in raw)
+    for flags, expected in (([], ema), (["--no-ema"], raw)):
+        out = tmp_path / f"export{''.join(flags)}"
+        assert main(["train", "export", str(tmp_path / "run"), "--out", str(out), *flags]) == 0
+        exported = dict(EMO.from_pretrained(out).named_parameters())
+        assert all(torch.equal(exported[k], v) for k, v in expected.items()), flags
+
+
 class Head(torch.utils.data.Dataset):
     """The first `count` items of a dataset (set_epoch passed through)."""
 

@@ -190,6 +190,11 @@ class Trainer:
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
+        if cfg.train.mixed_precision == "fp16" and self.device.type == "cpu":
+            # accelerate runs fp16 on a CPU with neither autocast nor loss scaling: only the inputs would be
+            # half, which is neither the fp16 training asked for nor a tested path.
+            raise EmoError("train.mixed_precision fp16 needs a GPU (accelerate has no fp16 autocast or grad "
+                           "scaler on the CPU); on a CPU use bf16 or no")
         self.dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
         self._dataset = dataset
         self._vae = vae
