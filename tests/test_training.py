@@ -209,6 +209,8 @@ def test_each_stage_trains_exactly_its_components(runs):
 
 
 def test_stages_start_from_the_weights_they_name(assets, runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from emo.models.loading import read_motion_module, read_sd_unet
 
     # Stage 1's starting network holds the SD1.5 weights; stage 2's the stage-1 result + AnimateDiff.
@@ -228,7 +230,18 @@ def test_stages_start_from_the_weights_they_name(assets, runs):
         assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
         assert all(r["lr"] > 0 and r["grad_norm"] > 0 and r["samples_per_s"] > 0 for r in records if "loss" in r)
         assert (run_dir / "samples" / "step_00000003.mp4").stat().st_size > 0
-        assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "logs").iterdir())
+        # TensorBoard: the training scalars at step 1 (then every run.log_every), validation at 0 and 3.
+        events = EventAccumulator(str(run_dir / "logs"))
+        events.Reload()
+        train_tags = [f"train/{k}" for k in ("loss", "lr", "grad_norm", "samples_per_s", "memory_mib")]
+        assert set(events.Tags()["scalars"]) == {*train_tags, "validation/loss"}, events.Tags()
+        for tag in train_tags:
+            points = events.Scalars(tag)
+            assert [e.step for e in points] == [1] and all(math.isfinite(e.value) for e in points), tag
+        assert [e.step for e in events.Scalars("validation/loss")] == [0, 3]
+        assert events.Tags()["images"] == ["validation/frames"]
+        frames = events.Images("validation/frames")
+        assert [e.step for e in frames] == [0, 3] and all(e.width > 0 and e.height > 0 for e in frames)
 
 
 def test_unknown_component_is_an_error(assets, tmp_path):
