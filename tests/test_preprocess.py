@@ -23,7 +23,7 @@ import torch
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
 from emo.data.dataset import Stage1Dataset, VideoClipDataset
-from emo.data.preprocess import PreprocessConfig, list_videos, parse_shard, run_preprocess, video_id
+from emo.data.preprocess import PreprocessConfig, list_videos, parse_shard, process_video, run_preprocess, video_id
 from emo.data.scenes import SceneConfig, SceneCutDetector, Span, split_scene
 from emo.errors import EmoError
 from emo.media import iter_video_frames, load_audio, probe_video, write_video
@@ -385,6 +385,40 @@ def test_kill_9_then_rerun_gives_the_same_dataset(videos, dataset, tmp_path):
     run_preprocess(list(videos.values()), out, CONFIG, progress=False)
     assert time.perf_counter() - started < 5
     assert stamp == {p: p.stat().st_mtime_ns for p in (out / mf.VIDEOS).glob(f"*/{mf.VIDEO_RECORD}")}
+
+
+def process_or_crash(source: Path, root: Path, config: PreprocessConfig, tools) -> dict:
+    """process_video, except that a video named crash*.mp4 kills its worker process, as a segfault in
+    FFmpeg or the out-of-memory killer would (run_preprocess(process_fn=...); the workers import this
+    module by name)."""
+    if source.name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return process_video(source, root, config, tools)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_crashes_is_recorded_as_failed_and_the_rest_continue(videos, dataset, tmp_path, workers):
+    crash = tmp_path / "crash.mp4"  # sorts before the other input: it crashes first
+    crash.write_bytes(videos["silent"].read_bytes())
+    inputs, out = [crash, videos["silent"]], tmp_path / "ds"
+    summary = run_preprocess(inputs, out, CONFIG, workers=workers, process_fn=process_or_crash, progress=False)
+    records = records_by_source(out)
+    crashed = records["crash.mp4"]
+    assert crashed["status"] == "failed" and crashed["error"].startswith("worker crashed") and "crash.mp4" in crashed["error"]
+    assert summary["videos_failed"] == 1 and summary["videos_ok"] == 1
+    assert [Path(f["source"]).name for f in summary["failed"]] == ["crash.mp4"]
+    # The other video is exactly as in the reference run; nothing half-written is left behind.
+    silent = records_by_source(dataset)["c_silent.mp4"]
+    assert records["c_silent.mp4"]["clips"] == silent["clips"] != []
+    for clip in silent["clips"]:
+        for name in (clipfmt.FRAMES, clipfmt.META):
+            assert (out / clip["path"] / name).read_bytes() == (dataset / clip["path"] / name).read_bytes()
+    assert not list((out / mf.TMP).iterdir())
+    assert [p.name for p in (out / mf.VIDEOS / crashed["video_id"]).iterdir()] == [mf.VIDEO_RECORD]
+    # Like a corrupt file, the crashed video is done: a rerun skips it.
+    stamp = (out / mf.VIDEOS / crashed["video_id"] / mf.VIDEO_RECORD).stat().st_mtime_ns
+    assert run_preprocess(inputs, out, CONFIG, workers=workers, process_fn=process_or_crash, progress=False) == summary
+    assert (out / mf.VIDEOS / crashed["video_id"] / mf.VIDEO_RECORD).stat().st_mtime_ns == stamp
 
 
 def test_shards_with_workers_merge_into_one_manifest(videos, dataset, tmp_path):

@@ -422,7 +422,7 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: _To
     from emo.media import load_audio, probe_video
 
     vid = video_id(source)
-    tmp = root / mf.TMP / f"{vid}.{socket.gethostname()}-{os.getpid()}"
+    tmp = _tmp_dir(root, vid)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     record: dict = {"video_id": vid, "source": str(source), "status": "ok", "error": None}
@@ -505,6 +505,20 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: _To
     return record
 
 
+def _tmp_dir(root: Path, vid: str) -> Path:
+    # Host and pid in the name: two processes (or shards on a shared disk) never write the same folder.
+    return root / mf.TMP / f"{vid}.{socket.gethostname()}-{os.getpid()}"
+
+
+def _clear_tmp(root: Path, ids: set[str]) -> None:
+    """Remove the work in progress of these videos (left by a killed run or a dead worker)."""
+    tmp_root = root / mf.TMP
+    if ids and tmp_root.is_dir():
+        for entry in tmp_root.iterdir():
+            if entry.name.split(".", 1)[0] in ids:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 def _drop(span: Span, reason: str, stats: dict) -> dict:
     return {"start_s": round(span.start_s, 6), "end_s": round(span.end_s, 6), "reason": reason, "stats": stats}
 
@@ -525,18 +539,139 @@ def _commit(tmp: Path, final: Path) -> None:
 # Runs: workers, shards, resume
 # --------------------------------------------------------------------------------------------------
 
+CRASHED = "worker crashed"  # the error of a video whose worker process died while processing it
+
 _WORKER_TOOLS: _Tools | None = None
+_WORKER_ERROR: Exception | None = None
 
 
-def _worker_init(audio_encoder: str | None, device: str) -> None:
-    global _WORKER_TOOLS
-    _single_threaded()
-    _WORKER_TOOLS = _Tools(audio_encoder, device)
+def _worker_init(audio_encoder: str | None, device: str, single_threaded: bool, log_level: int) -> None:
+    global _WORKER_TOOLS, _WORKER_ERROR
+    logging.basicConfig(level=log_level, format="%(message)s")
+    if single_threaded:
+        _single_threaded()
+    try:
+        _WORKER_TOOLS = _Tools(audio_encoder, device)
+    except Exception as exc:  # raised by the jobs: a failing initializer would break the pool, like a crash
+        _WORKER_ERROR = exc
 
 
-def _worker_run(job: tuple[str, str, PreprocessConfig]) -> dict:
-    source, root, config = job
-    return process_video(Path(source), Path(root), config, _WORKER_TOOLS)
+def _worker_ready() -> None:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
+
+
+def _worker_run(process_fn, source: str, root: str, config: PreprocessConfig) -> dict:
+    _worker_ready()
+    return process_fn(Path(source), Path(root), config, _WORKER_TOOLS)
+
+
+def _process_in_workers(
+    videos: list[Path],
+    root: Path,
+    config: PreprocessConfig,
+    workers: int,
+    audio_encoder: str | None,
+    device: str,
+    process_fn,
+    done,
+) -> None:
+    """Run ``process_fn`` on every video in worker processes; ``done(record)`` as each one finishes.
+
+    Even a single worker is a separate process: a native crash (a segfault in FFmpeg or MediaPipe, the
+    out-of-memory killer) then ends that process only. The pool is restarted and the videos that were in
+    flight are run again one at a time, so the one that crashes is known; it gets a failed record like a
+    corrupt file and the run goes on.
+    """
+    import multiprocessing
+    from collections import deque
+
+    # spawn, not fork: MediaPipe and torch hold threads that a fork would copy in a broken state.
+    context = multiprocessing.get_context("spawn")
+    size = min(workers, len(videos))
+    # Threads per worker are set once per run, so a video retried alone gives the same bytes.
+    initargs = (audio_encoder, device, size > 1, logging.getLogger().getEffectiveLevel())
+    pending, suspects = deque(videos), deque()
+    while pending or suspects:
+        if suspects:
+            lost = _run_pool(suspects, 1, context, initargs, (process_fn, root, config), done)
+        else:
+            lost = _run_pool(pending, min(size, len(pending)), context, initargs, (process_fn, root, config), done)
+        _clear_tmp(root, {video_id(v) for v in lost})  # what the dead and the stopped workers left
+        if len(lost) == 1:
+            done(_crash_record(lost[0], root))
+        else:
+            suspects.extend(sorted(lost))
+
+
+def _run_pool(queue, slots: int, context, initargs: tuple, job: tuple, done) -> list[Path]:
+    """Process the videos of ``queue`` (a deque, consumed) in a pool of ``slots`` workers until it is
+    empty or a worker dies; returns the videos whose jobs the dead pool failed."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    process_fn, root, config = job
+    running: dict = {}
+    lost: list[Path] = []
+
+    def collect(future) -> bool:
+        video = running.pop(future)
+        try:
+            record = future.result()
+        except BrokenProcessPool:  # its worker, or another one, died: the pool fails every job it has
+            lost.append(video)
+            return False
+        done(record)
+        return True
+
+    with ProcessPoolExecutor(slots, mp_context=context, initializer=_worker_init, initargs=initargs) as pool:
+        _start_workers(pool, slots)
+        broken = False
+        while queue and not broken:
+            # At most one job per worker, so the jobs a broken pool fails are the ones it was running.
+            while queue and len(running) < slots:
+                try:
+                    running[pool.submit(_worker_run, process_fn, str(queue[0]), str(root), config)] = queue[0]
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                queue.popleft()
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = not all([collect(future) for future in finished]) or broken
+        for future in list(running):  # the last jobs; after a break they end at once
+            collect(future)
+    return lost
+
+
+def _start_workers(pool, workers: int) -> None:
+    """Wait until the workers have loaded their tools; one that dies then is no video's fault."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        for future in [pool.submit(_worker_ready) for _ in range(workers)]:
+            future.result()
+    except BrokenProcessPool:
+        raise EmoError(
+            "a preprocessing worker process died while loading MediaPipe / the audio encoder, before any "
+            "video (out of memory? a broken install?)"
+        ) from None
+
+
+def _crash_record(source: Path, root: Path) -> dict:
+    """Record as failed a video whose worker died while processing it alone (it wrote no record)."""
+    vid = video_id(source)
+    error = (
+        f"{CRASHED}: the worker process died while processing {source} (a native crash in FFmpeg or "
+        "MediaPipe, or killed, e.g. by the out-of-memory killer)"
+    )
+    logger.warning("%s: failed: %s", source, error)
+    record = {"video_id": vid, "source": str(source), "status": "failed", "error": error, "clips": [], "dropped": []}
+    tmp = _tmp_dir(root, vid)
+    tmp.mkdir(parents=True)
+    mf.write_json(tmp / mf.VIDEO_RECORD, record)
+    _commit(tmp, root / mf.VIDEOS / vid)
+    return {**record, "_seconds": 0.0}
 
 
 def _single_threaded() -> None:
@@ -579,10 +714,13 @@ def run_preprocess(
     retry_failed: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    process_fn=process_video,
 ) -> dict:
     """Process every video of ``inputs`` (this shard's share) into ``root``; returns the summary.
 
     Videos that already have a record are skipped (failed ones too, unless ``retry_failed``).
+    ``process_fn`` is what a worker process runs per video: a module-level function with the signature of
+    :func:`process_video` (the tests put one there that crashes its worker).
     """
     from tqdm import tqdm
 
@@ -599,12 +737,7 @@ def run_preprocess(
             {"shard": index, "num_shards": num_shards, "video_ids": sorted(video_id(v) for v in mine)},
         )
     # Leftovers of a killed run of this shard: its videos' temp folders (other shards' are theirs).
-    tmp_root = root / mf.TMP
-    if tmp_root.is_dir():
-        ids = {video_id(v) for v in mine}
-        for entry in tmp_root.iterdir():
-            if entry.name.split(".", 1)[0] in ids:
-                shutil.rmtree(entry, ignore_errors=True)
+    _clear_tmp(root, {video_id(v) for v in mine})
     todo = []
     for video in mine:
         record_path = root / mf.VIDEOS / video_id(video) / mf.VIDEO_RECORD
@@ -618,21 +751,13 @@ def run_preprocess(
         len(mine) - len(todo), len(todo),
     )
     bar = tqdm(total=len(todo), unit="video", disable=not progress or not todo)
-    jobs = [(str(v), str(root), config) for v in todo]
-    if workers <= 1 or len(todo) <= 1:
-        tools = _Tools(audio_encoder, device) if todo else None
-        for source, _, _ in jobs:
-            _log_record(process_video(Path(source), root, config, tools))
-            bar.update()
-    else:
-        import multiprocessing
 
-        # spawn, not fork: MediaPipe and torch hold threads that a fork would copy in a broken state.
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(audio_encoder, device)) as pool:
-            for record in pool.imap_unordered(_worker_run, jobs, chunksize=1):
-                _log_record(record)
-                bar.update()
+    def done(record: dict) -> None:
+        _log_record(record)
+        bar.update()
+
+    if todo:
+        _process_in_workers(todo, root, config, workers, audio_encoder, device, process_fn, done)
     bar.close()
     return mf.build_manifest(root)
 
