@@ -103,6 +103,14 @@ def _save_random(model, path, wrap=None):
     return path
 
 
+def _default_init(build, path):
+    # F-SIM needs embeddings that tell faces apart: PyTorch's default initialisation gives them, while
+    # _save_random's small weights map every face to the same direction (F-SIM 100 for anything).
+    torch.manual_seed(0)
+    torch.save(build().state_dict(), path)
+    return path
+
+
 class _FakeI3D(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -120,7 +128,7 @@ def test_all_metrics_with_weights_in_their_public_formats(dirs, tmp_path):
     flags = [
         "--inception", str(_save_random(inception.FIDInceptionV3(), weights / inception.WEIGHTS_NAME)),
         "--syncnet", str(_save_random(syncnet.SyncNet(), weights / syncnet.WEIGHTS_NAME)),
-        "--arcface", str(_save_random(arcface.IResNet((1, 1, 1, 1)), weights / arcface.WEIGHTS_NAME)),
+        "--arcface", str(_default_init(lambda: arcface.IResNet((1, 1, 1, 1)), weights / arcface.WEIGHTS_NAME)),
         "--deep3d", str(_save_random(expression.Deep3DRecon(), weights / expression.WEIGHTS_NAME, "net_recon")),
     ]  # fmt: skip
     lp = lpips.LPIPS("alex")
@@ -139,18 +147,102 @@ def test_all_metrics_with_weights_in_their_public_formats(dirs, tmp_path):
                  "--out", str(out), "--no-progress", "--frame-stride", "16", *flags]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     metrics = result["metrics"]
-    for name in ("fid", "fvd", "lse_c", "lse_d", "fsim", "efid", "psnr", "ssim", "lpips"):
+    for name in ("fid", "fvd", "lse_c", "lse_d", "fsim", "reference_fsim", "efid", "psnr", "ssim", "lpips"):
         assert metrics[name]["status"] == "ok" and math.isfinite(metrics[name]["value"]), name
     # The generated video is its ground truth: every Fréchet distance is 0 (a set against itself).
     for name in ("fid", "fvd", "efid"):
         assert metrics[name]["value"] == pytest.approx(0.0, abs=1e-3), name
     assert metrics["lpips"]["value"] == pytest.approx(0.0, abs=1e-6)  # identical frames
-    # The reference image is the first frame: that frame's embedding matches it exactly.
-    assert -100.0 <= metrics["fsim"]["value"] <= 100.0
-    assert metrics["lse_c"]["value"] >= 0 and metrics["lse_d"]["value"] >= 0
+    # F-SIM: closer to the ground truth's F-SIM (against the same reference image) is better. The
+    # generated video is its ground truth, so both are equal; below 100, as the face moves.
+    fsim = metrics["fsim"]
+    assert fsim["better"] == "closer" and fsim["closer_to"] == "reference_fsim"
+    assert fsim["value"] == pytest.approx(metrics["reference_fsim"]["value"], rel=1e-6)
+    assert 0 < fsim["value"] < 99
     row = result["per_video"][0]
+    assert row["fsim"] == pytest.approx(row["reference_fsim"], rel=1e-6)
+    assert "| F-SIM | " in out.with_suffix(".md").read_text()
+    assert "| closer to GT |" in out.with_suffix(".md").read_text()
+    assert metrics["lse_c"]["value"] >= 0 and metrics["lse_d"]["value"] >= 0
     assert abs(row["av_offset"]) <= 15
     assert "unavailable" not in out.with_suffix(".md").read_text().split("| Landmark")[0]
+
+
+def test_non_finite_values_are_reported_unavailable_not_an_internal_error(tmp_path):
+    from emo.eval.evaluate import Evaluation, MetricResult
+    from emo.eval.report import to_markdown, write_report
+
+    evaluation = Evaluation(
+        metrics=[MetricResult("fid", "FID", "lower", value=math.nan, note="10 vs 10 samples"),
+                 MetricResult("fvd", "FVD", "lower", value=math.inf),
+                 MetricResult("psnr", "PSNR (dB)", "higher", value=31.5)],
+        per_video=[{"stem": "a", "frames": 4, "psnr": 31.5, "ssim": math.nan, "fsim": -math.inf}],
+        frames=4, seconds=1.0,
+    )  # fmt: skip
+    write_report(evaluation, tmp_path / "r.json", tmp_path / "r.md", {})
+    result = json.loads((tmp_path / "r.json").read_text())
+    for name in ("fid", "fvd"):
+        m = result["metrics"][name]
+        assert m["value"] is None and m["status"] == "unavailable" and "not finite" in m["note"], m
+    assert "10 vs 10 samples" in result["metrics"]["fid"]["note"]  # the earlier note is kept
+    assert result["metrics"]["psnr"] == {
+        "value": 31.5,
+        "status": "ok",
+        "better": "higher",
+        "label": "PSNR (dB)",
+    }
+    row = result["per_video"][0]
+    assert row["ssim"] is None and row["fsim"] is None and row["psnr"] == 31.5
+    assert row["notes"] == ["ssim was nan (not finite)", "fsim was -inf (not finite)"]
+    assert "| FID | unavailable |" in (tmp_path / "r.md").read_text() == to_markdown(evaluation)
+
+
+def test_a_nan_from_a_metric_still_gives_the_report(dirs, tmp_path, monkeypatch):
+    import emo.eval.reconstruction
+
+    monkeypatch.setattr(emo.eval.reconstruction, "psnr", lambda a, b: math.nan)
+    only_same = tmp_path / "gen"
+    only_same.mkdir()
+    shutil.copyfile(dirs / "generated" / "same.mp4", only_same / "same.mp4")
+    out = tmp_path / "res.json"
+    assert main(["evaluate", "--generated", str(only_same), "--reference", str(dirs / "reference"),
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert (
+        result["metrics"]["psnr"]["status"] == "unavailable"
+        and "not finite" in result["metrics"]["psnr"]["note"]
+    )
+    assert result["metrics"]["ssim"]["status"] == "ok"  # the rest of the evaluation stands
+    assert (
+        result["per_video"][0]["psnr"] is None
+        and "psnr was nan (not finite)" in result["per_video"][0]["notes"]
+    )
+
+
+def test_tiny_frames_are_a_one_line_error_and_frame_rate_mismatch_warns_for_fvd(tmp_path, capsys, caplog):
+    rng = np.random.default_rng(0)
+    for size, (gen_fps, ref_fps) in ((8, (25, 25)), (64, (50, 25))):
+        ref, gen = tmp_path / f"ref{size}", tmp_path / f"gen{size}"
+        ref.mkdir()
+        gen.mkdir()
+        frames = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(16)]
+        write_video(ref / "clip.mp4", frames, ref_fps)
+        write_video(gen / "clip.mp4", frames, gen_fps)
+    argv = ["evaluate", "--no-progress", "--generated", str(tmp_path / "gen8"), "--reference", str(tmp_path / "ref8"),
+            "--out", str(tmp_path / "r8.json")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emo: error:") and "\n" not in err and "11×11" in err and "clip.mp4" in err, err
+    torch.jit.script(_FakeI3D()).save(str(tmp_path / i3d.WEIGHTS_NAME))
+    argv = ["evaluate", "--no-progress", "--generated", str(tmp_path / "gen64"), "--reference", str(tmp_path / "ref64"),
+            "--out", str(tmp_path / "r64.json"), "--i3d", str(tmp_path / i3d.WEIGHTS_NAME)]  # fmt: skip
+    with caplog.at_level("WARNING", logger="emo.eval.evaluate"):
+        assert main(argv) == 0
+    assert any("50 fps, ground truth at 25 fps" in r.getMessage() for r in caplog.records), caplog.text
+    assert (
+        "50 fps vs ground truth 25"
+        in json.loads((tmp_path / "r64.json").read_text())["metrics"]["fvd"]["note"]
+    )
 
 
 def test_error_paths_are_one_line_and_nonzero(dirs, tmp_path, capsys):

@@ -179,3 +179,26 @@ def test_lpips_loads_heads_and_torchvision_backbone(tmp_path):
     with pytest.raises(EmoError, match="--lpips-backbone"):  # heads of one trunk, backbone of the other
         torch.save(_features(lpips.LPIPS("vgg")).state_dict(), tmp_path / "vgg16.pth")
         lpips.load_lpips(tmp_path / "alex.pth", tmp_path / "vgg16.pth")
+
+
+def test_fsim_of_the_reference_itself_is_100_and_other_images_score_lower():
+    import cv2
+
+    from emo.media import iter_video_frames
+
+    # PyTorch's default initialisation (BatchNorm as identity) keeps images apart; the small random
+    # weights above drive every embedding to the same direction (the last BatchNorm's bias).
+    torch.manual_seed(0)
+    model = arcface.IResNet((1, 1, 1, 1)).eval()
+    frame = next(iter(iter_video_frames(Path(__file__).parent / "data" / "hdtf_speech_256_4s.mp4")))
+    face = cv2.resize(frame[40:200, 48:208], (112, 112))
+    rng = np.random.default_rng(0)
+    noisy = np.clip(face.astype(int) + rng.integers(-25, 26, face.shape), 0, 255).astype(np.uint8)
+    noise = rng.integers(0, 256, face.shape, dtype=np.uint8)
+    same = arcface.fsim(model, face, [face, face])
+    assert same == pytest.approx(100.0, abs=1e-3)  # cosine of identical embeddings is 1
+    assert same > arcface.fsim(model, face, [noisy]) > arcface.fsim(model, face, [noise])
+    assert arcface.fsim(model, face, [noise]) < 75
+    assert arcface.fsim(model, face, [face, noise]) == pytest.approx(
+        (same + arcface.fsim(model, face, [noise])) / 2
+    )

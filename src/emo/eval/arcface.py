@@ -127,3 +127,10 @@ def embed(model: IResNet, faces: list[np.ndarray], batch_size: int = 32) -> np.n
         e = model((x / 255.0 - 0.5) / 0.5)
         out.append(torch.nn.functional.normalize(e, dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 512))
+
+
+def fsim(model: IResNet, reference: np.ndarray, faces: list[np.ndarray]) -> float:
+    """F-SIM of aligned faces against an aligned reference face: mean cosine similarity × 100."""
+    embeddings = embed(model, [reference, *faces])
+    cosine = np.clip(embeddings[1:] @ embeddings[0], -1.0, 1.0)  # round-off can pass 1
+    return float(np.mean(cosine) * 100.0)

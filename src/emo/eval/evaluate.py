@@ -11,6 +11,7 @@ SyncNet's crops, the ArcFace / Deep3DFaceRecon alignment, head motion and the la
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,14 +56,17 @@ class EvalConfig:
 class MetricResult:
     name: str  # key in the JSON
     label: str  # table label
-    better: str  # "lower" / "higher" / "" (a statistic, neither)
+    better: str  # "lower" / "higher" / "closer" (to the ground truth's value, see closer_to) / "" (neither)
     value: float | None = None
     status: str = "ok"  # "ok" or "unavailable"
     enable: str = ""  # the flag that enables it when unavailable
     note: str = ""
+    closer_to: str = ""  # better="closer": the metric holding the ground truth's value
 
     def to_json(self) -> dict:
         out = {"value": self.value, "status": self.status, "better": self.better, "label": self.label}
+        if self.closer_to:
+            out["closer_to"] = self.closer_to
         if self.enable:
             out["enable"] = self.enable
         if self.note:
@@ -77,6 +81,24 @@ class Evaluation:
     frames: int  # generated frames evaluated
     seconds: float  # wall time of the whole evaluation
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def mark_non_finite(evaluation: Evaluation) -> Evaluation:
+    """NaN / inf values (a network's overflow, a degenerate input) become None, with a note saying so.
+
+    JSON has no NaN, and a number that is not one must not be ranked; the rest of the report stands.
+    Applies to the metrics (status "unavailable") and to the per-video rows (listed under "notes").
+    """
+    for m in evaluation.metrics:
+        if m.value is not None and not math.isfinite(m.value):
+            why = f"the value was {m.value} (not finite), so it is not reported"
+            m.value, m.status, m.note = None, "unavailable", "; ".join(filter(None, [why, m.note]))
+    for row in evaluation.per_video:
+        for key, value in list(row.items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                row[key] = None
+                row.setdefault("notes", []).append(f"{key} was {value} (not finite)")
+    return evaluation
 
 
 def find_pairs(generated: str | Path, reference: str | Path) -> list[Pair]:
@@ -188,6 +210,7 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         "fid_gen", "fid_ref", "fvd_gen", "fvd_ref", "exp_gen", "exp_ref", "lmk_gen", "lmk_ref")}  # fmt: skip
     speeds_gen, speeds_ref, per_video = [], [], []
     sync_scores, fsim_values, psnr_values, ssim_values, lpips_values = [], [], [], [], []
+    fsim_reference_values = []  # F-SIM of the ground truth itself: the value F-SIM should come close to
     mouth_corr = []
     notes: dict[str, list[str]] = {}
     total_frames = 0
@@ -207,13 +230,26 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
             obs_gen = timed("face_mesh", face_mesh, gen)
             obs_ref = timed("face_mesh", face_mesh, ref)
             row["face_found"] = sum(o is not None for o in obs_gen) / len(gen)
+            if "i3d" in nets and abs(gen_fps - ref_fps) > 1e-3 * ref_fps:
+                # FVD takes 16 consecutive frames on each side: at other rates they span other durations.
+                logger.warning(
+                    "%s: generated at %.4g fps, ground truth at %.4g fps; FVD's 16-frame clips then cover "
+                    "different durations (generate at the ground truth's frame rate)",
+                    pair.stem, gen_fps, ref_fps,
+                )  # fmt: skip
+                notes.setdefault("fvd", []).append(
+                    f"{pair.stem}: {gen_fps:.4g} fps vs ground truth {ref_fps:.4g}"
+                )
 
             # Self-reconstruction: each ground-truth frame against the generated frame nearest in time
             # (frame i vs frame i when the rates agree), generated resized to the ground truth's size.
             at = _resample_indices(len(gen), gen_fps, ref_fps)
             n = min(len(at), len(ref))
             p = [timed("psnr", psnr, _resize_to(gen[at[i]], ref[i].shape), ref[i]) for i in range(n)]
-            s = [timed("ssim", ssim, _resize_to(gen[at[i]], ref[i].shape), ref[i]) for i in range(n)]
+            try:
+                s = [timed("ssim", ssim, _resize_to(gen[at[i]], ref[i].shape), ref[i]) for i in range(n)]
+            except ValueError as exc:  # frames under SSIM's 11×11 window
+                raise EmoError(f"{pair.reference}: {exc}; evaluate videos of a usable size") from None
             row["psnr"], row["ssim"] = float(np.mean(p)), float(np.mean(s))
             psnr_values += p
             ssim_values += s
@@ -268,21 +304,16 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
                     sync_scores.append(score)
                     row.update(lse_c=score.confidence, lse_d=score.distance, av_offset=score.offset)
             if "arcface" in nets:
-                value = timed(
-                    "fsim",
-                    _fsim_one,
-                    nets["arcface"],
-                    pair,
-                    gen[::stride],
-                    obs_gen[::stride],
-                    ref,
-                    obs_ref,
-                    still_analyzer,
-                    notes,
-                )
+                value, value_ref = timed(
+                    "fsim", _fsim_one, nets["arcface"], pair, gen, obs_gen, ref, obs_ref, stride,
+                    still_analyzer, notes,
+                )  # fmt: skip
                 if value is not None:
                     fsim_values.append(value)
                     row["fsim"] = value
+                if value_ref is not None:
+                    fsim_reference_values.append(value_ref)
+                    row["reference_fsim"] = value_ref
             if "deep3d" in nets:
                 for frames, obs, key in ((gen, obs_gen, "exp_gen"), (ref, obs_ref, "exp_ref")):
                     faces = [expression.align_deep3d(f, o.landmarks)
@@ -299,14 +330,18 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
         b = np.concatenate(b) if b and isinstance(b[0], np.ndarray) and b[0].ndim == 2 else np.array(b)
         if len(a) < 2 or len(b) < 2:
             return None, f"needs at least 2 feature vectors on each side, got {len(a)} and {len(b)}"
+        for side, x in (("generated", a), ("ground-truth", b)):
+            bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+            if bad:
+                return None, f"{bad} of {len(x)} {side} feature vectors hold NaN or inf values"
         return timed(
             stage, feature_frechet_distance, a, b
         ), f"{len(a)} generated vs {len(b)} ground-truth samples"
 
     metrics: list[MetricResult] = []
 
-    def add(name, label, better, weights_flag, compute, weights_name=""):
-        m = MetricResult(name, label, better)
+    def add(name, label, better, weights_flag, compute, weights_name="", closer_to=""):
+        m = MetricResult(name, label, better, closer_to=closer_to)
         if weights_flag is not None and not getattr(config, weights_flag.lstrip("-")):
             m.status, m.enable = "unavailable", f"{weights_flag} PATH"
             if weights_flag == "--lpips":
@@ -330,8 +365,15 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
     add("lse_d", "Sync LSE-D", "lower", "--syncnet",
         lambda: (float(np.mean([s.distance for s in sync_scores])) if sync_scores else None, sync_note),
         syncnet.WEIGHTS_NAME)  # fmt: skip
-    add("fsim", "F-SIM", "higher", "--arcface",
-        lambda: (float(np.mean(fsim_values)) if fsim_values else None, "mean cosine × 100"),
+    # EMO.md §6: for F-SIM "closer to ground truth is better" (a still face would score near 100).
+    notes["reference_fsim"] = notes.get("fsim", [])
+    add("fsim", "F-SIM", "closer", "--arcface",
+        lambda: (float(np.mean(fsim_values)) if fsim_values else None,
+                 "mean cosine × 100; closer to the ground truth's F-SIM is better"),
+        arcface.WEIGHTS_NAME, closer_to="reference_fsim")  # fmt: skip
+    add("reference_fsim", "F-SIM, ground truth", "", "--arcface",
+        lambda: (float(np.mean(fsim_reference_values)) if fsim_reference_values else None,
+                 "the ground-truth videos against the same reference image"),
         arcface.WEIGHTS_NAME)  # fmt: skip
     add(
         "efid",
@@ -383,7 +425,9 @@ def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Ev
                 status="ok" if stats else "unavailable",
                 note="" if stats else "no face found",
             ))  # fmt: skip
-    return Evaluation(metrics, per_video, total_frames, time.perf_counter() - started, timings)
+    return mark_non_finite(
+        Evaluation(metrics, per_video, total_frames, time.perf_counter() - started, timings)
+    )
 
 
 def _mouth_one(pair: Pair, observations, fps, load_audio, notes) -> tuple[float, int] | None:
@@ -423,7 +467,8 @@ def _sync_one(model, pair: Pair, frames, fps, observations, load_audio, notes) -
         return None
 
 
-def _fsim_one(model, pair: Pair, gen, obs_gen, ref, obs_ref, analyzer, notes) -> float | None:
+def _fsim_one(model, pair: Pair, gen, obs_gen, ref, obs_ref, stride, analyzer, notes):
+    """(F-SIM of the generated video, F-SIM of the ground truth), both against the same reference image."""
     from emo.eval import arcface
     from emo.media import load_image
 
@@ -434,11 +479,13 @@ def _fsim_one(model, pair: Pair, gen, obs_gen, ref, obs_ref, analyzer, notes) ->
         image, ref_obs = ref[0], obs_ref[0]
     if ref_obs is None:
         notes.setdefault("fsim", []).append(f"{pair.stem}: no face in the reference")
-        return None
-    faces = [arcface.align_face(f, o.landmarks) for f, o in zip(gen, obs_gen, strict=True) if o is not None]
-    if not faces:
-        notes.setdefault("fsim", []).append(f"{pair.stem}: no face in the generated video")
-        return None
-    ref_embedding = arcface.embed(model, [arcface.align_face(image, ref_obs.landmarks)])[0]
-    cosine = np.clip(arcface.embed(model, faces) @ ref_embedding, -1.0, 1.0)  # round-off can pass 1
-    return float(np.mean(cosine) * 100.0)
+        return None, None
+    reference = arcface.align_face(image, ref_obs.landmarks)
+    values = []
+    for frames, obs, who in ((gen, obs_gen, "generated"), (ref, obs_ref, "ground-truth")):
+        faces = [arcface.align_face(f, o.landmarks)
+                 for f, o in zip(frames[::stride], obs[::stride], strict=True) if o is not None]  # fmt: skip
+        if not faces:
+            notes.setdefault("fsim", []).append(f"{pair.stem}: no face in the {who} video")
+        values.append(arcface.fsim(model, reference, faces) if faces else None)
+    return values[0], values[1]

@@ -6,9 +6,10 @@ import json
 import math
 from pathlib import Path
 
-from emo.eval.evaluate import Evaluation, MetricResult
+from emo.eval.evaluate import Evaluation, MetricResult, mark_non_finite
 
-ARROWS = {"lower": "↓", "higher": "↑", "": ""}
+# "closer": closer to the ground truth's value is better (F-SIM, EMO.md §6), which sits in `closer_to`.
+ARROWS = {"lower": "↓", "higher": "↑", "closer": "closer to GT", "": ""}
 
 
 def to_json(evaluation: Evaluation, inputs: dict) -> dict:
@@ -23,10 +24,14 @@ def to_json(evaluation: Evaluation, inputs: dict) -> dict:
     }
 
 
-def _value(m: MetricResult) -> str:
-    if m.status != "ok" or m.value is None or not math.isfinite(m.value):
+def _format(value: float | None, status: str = "ok") -> str:
+    if status != "ok" or value is None or not math.isfinite(value):
         return "unavailable"
-    return f"{m.value:.4g}" if abs(m.value) < 1000 else f"{m.value:.1f}"
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
+
+
+def _value(m: MetricResult) -> str:
+    return _format(m.value, m.status)
 
 
 def to_markdown(evaluation: Evaluation, title: str = "Evaluation") -> str:
@@ -42,8 +47,10 @@ def to_markdown(evaluation: Evaluation, title: str = "Evaluation") -> str:
 def write_report(
     evaluation: Evaluation, json_path: str | Path, markdown_path: str | Path, inputs: dict
 ) -> None:
+    """Write both files; non-finite values are reported unavailable (JSON has no NaN)."""
     from emo.media import atomic_write_bytes
 
+    mark_non_finite(evaluation)
     text = json.dumps(to_json(evaluation, inputs), indent=2, allow_nan=False, default=str)
     atomic_write_bytes(json_path, (text + "\n").encode())
     atomic_write_bytes(markdown_path, to_markdown(evaluation).encode())
