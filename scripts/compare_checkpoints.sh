@@ -9,36 +9,47 @@
 #
 # Both checkpoints generate every item of the test list with the same fixed seeds (the list's "seed",
 # else the item's index), at the ground truth's frame rate and size (EMO_GENERATE_FLAGS, default
-# "--fps 25 --size 512" for HDTF), then both are scored against the same reference folder and both
-# tables are printed. Results: OUT_DIR/{a,b}/evaluation.{json,md}.
+# "--fps 25 --size 512" for HDTF), then both are scored against the same reference folder and one
+# table with both checkpoints' metrics side by side is printed (and saved as OUT_DIR/comparison.md).
+# Full results with notes: OUT_DIR/{a,b}/evaluation.{json,md}.
+# PYTHON (default: python) is the interpreter of the environment where emo is installed; the script
+# runs "$PYTHON -m emo.cli", so `emo` need not be on the PATH.
 set -euo pipefail
 
-if [ "$#" -lt 4 ]; then
-  sed -n '2,13p' "$0" >&2
+usage() {
+  # The comment block above, without its "# ", then what was wrong.
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
+  echo "error: $1" >&2
   exit 2
-fi
+}
+
+[ "$#" -ge 4 ] || usage "need TEST_LIST CKPT_A CKPT_B OUT_DIR, got $# argument(s)"
 LIST=$1 CKPT_A=$2 CKPT_B=$3 OUT=$4
 shift 4
+[ -f "$LIST" ] || usage "test list $LIST: no such file"
+for ckpt in "$CKPT_A" "$CKPT_B"; do
+  [ -d "$ckpt" ] || usage "checkpoint $ckpt: no such directory (give folders written by \`emo train export\`)"
+done
+PYTHON=${PYTHON:-python}
+"$PYTHON" -c "import emo" 2> /dev/null || usage "PYTHON=$PYTHON cannot import emo; set PYTHON to the interpreter of emo's environment"
 GENERATE_FLAGS=${EMO_GENERATE_FLAGS:---fps 25 --size 512}
 
 mkdir -p "$OUT/reference"
-python -m emo.eval.protocol reference "$LIST" "$OUT/reference"
+"$PYTHON" -m emo.eval.protocol reference "$LIST" "$OUT/reference"
 
 for side in a b; do
   ckpt=$CKPT_A
   [ "$side" = b ] && ckpt=$CKPT_B
   mkdir -p "$OUT/$side/videos"
-  python -m emo.eval.protocol jobs "$LIST" "$OUT/$side/videos" > "$OUT/$side/jobs.json"
+  "$PYTHON" -m emo.eval.protocol jobs "$LIST" "$OUT/$side/videos" > "$OUT/$side/jobs.json"
+  # Generation's messages go to stderr: stdout is the comparison table alone.
   # shellcheck disable=SC2086  # GENERATE_FLAGS is a list of flags
-  emo generate --weights "$ckpt" --batch "$OUT/$side/jobs.json" $GENERATE_FLAGS --overwrite
-  emo evaluate --generated "$OUT/$side/videos" --reference "$OUT/reference" \
+  "$PYTHON" -m emo.cli generate --weights "$ckpt" --batch "$OUT/$side/jobs.json" $GENERATE_FLAGS --overwrite >&2
+  "$PYTHON" -m emo.cli evaluate --generated "$OUT/$side/videos" --reference "$OUT/reference" \
     --out "$OUT/$side/evaluation.json" --overwrite --no-progress "$@" > /dev/null
 done
 
-for side in a b; do
-  ckpt=$CKPT_A
-  [ "$side" = b ] && ckpt=$CKPT_B
-  echo "# $side: $ckpt"
-  cat "$OUT/$side/evaluation.md"
-  echo
-done
+"$PYTHON" -m emo.eval.report "$OUT/a/evaluation.json" "$OUT/b/evaluation.json" \
+  --names "a: $CKPT_A" "b: $CKPT_B" > "$OUT/comparison.md"
+cat "$OUT/comparison.md"
+echo "full tables with notes: $OUT/a/evaluation.md and $OUT/b/evaluation.md" >&2

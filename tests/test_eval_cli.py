@@ -245,6 +245,30 @@ def test_tiny_frames_are_a_one_line_error_and_frame_rate_mismatch_warns_for_fvd(
     )
 
 
+def test_side_by_side_table_of_two_evaluations(tmp_path, capsys):
+    from emo.eval.report import main as report_main
+
+    def result(fid, fsim):
+        return {"metrics": {
+            "fid": {"value": fid, "status": "ok" if fid is not None else "unavailable", "better": "lower", "label": "FID"},
+            "fsim": {"value": fsim, "status": "ok", "better": "closer", "label": "F-SIM", "closer_to": "reference_fsim"},
+        }}  # fmt: skip
+
+    (tmp_path / "a.json").write_text(json.dumps(result(12.5, 80.0)))
+    (tmp_path / "b.json").write_text(json.dumps(result(None, 77.25)))
+    assert (
+        report_main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "a: ckpt1", "b: ckpt2"])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| metric | better | a: ckpt1 | b: ckpt2 |"
+    assert lines[2:] == ["| FID | ↓ | 12.5 | unavailable |", "| F-SIM | closer to GT | 80 | 77.25 |"]
+    assert report_main([str(tmp_path / "a.json"), "--names", "x", "y"]) == 2
+    (tmp_path / "bad.json").write_text("{")
+    assert report_main([str(tmp_path / "bad.json")]) == 2
+    assert "bad.json" in capsys.readouterr().err
+
+
 def test_error_paths_are_one_line_and_nonzero(dirs, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,11 +1,18 @@
-"""Write an evaluation as JSON and as a markdown table (EMO Table 1 style), both atomically."""
+"""Write an evaluation as JSON and as a markdown table (EMO Table 1 style), both atomically.
+
+``python -m emo.eval.report A.json B.json [--names A B]`` prints the metrics of several evaluations
+side by side (``scripts/compare_checkpoints.sh`` uses it to compare two checkpoints).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
+from emo.errors import EmoError
 from emo.eval.evaluate import Evaluation, MetricResult, mark_non_finite
 
 # "closer": closer to the ground truth's value is better (F-SIM, EMO.md §6), which sits in `closer_to`.
@@ -54,3 +61,51 @@ def write_report(
     text = json.dumps(to_json(evaluation, inputs), indent=2, allow_nan=False, default=str)
     atomic_write_bytes(json_path, (text + "\n").encode())
     atomic_write_bytes(markdown_path, to_markdown(evaluation).encode())
+
+
+def compare_markdown(results: list[dict], names: list[str]) -> str:
+    """One markdown table with a column per evaluation (the JSON that `emo evaluate` writes)."""
+    order: dict[str, dict] = {}  # metric name -> its first description, in report order
+    for result in results:
+        for name, metric in result["metrics"].items():
+            order.setdefault(name, metric)
+    header = ["metric", "better", *(n.replace("|", "/") for n in names)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, first in order.items():
+        cells = []
+        for result in results:
+            m = result["metrics"].get(name)
+            cells.append("—" if m is None else _format(m["value"], m["status"]))
+        better = ARROWS.get(first["better"], first["better"])
+        lines.append(f"| {first['label']} | {better} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m emo.eval.report", description="print evaluations (emo evaluate JSON) side by side"
+    )
+    parser.add_argument("results", nargs="+", metavar="JSON", help="evaluation.json files")
+    parser.add_argument("--names", nargs="+", metavar="NAME", help="column names (default: the file paths)")
+    args = parser.parse_args(argv)
+    names = args.names or args.results
+    try:
+        if len(names) != len(args.results):
+            raise EmoError(f"--names: {len(names)} names for {len(args.results)} results")
+        results = []
+        for path in map(Path, args.results):
+            try:
+                results.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise EmoError(f"{path}: not a readable evaluation JSON ({exc})") from None
+            if not isinstance(results[-1].get("metrics"), dict):
+                raise EmoError(f"{path}: no 'metrics'; expected the JSON that `emo evaluate` writes")
+    except EmoError as exc:
+        print(f"emo: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(compare_markdown(results, names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
