@@ -23,7 +23,16 @@ import torch
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
 from emo.data.dataset import Stage1Dataset, VideoClipDataset
-from emo.data.preprocess import PreprocessConfig, list_videos, parse_shard, process_video, run_preprocess, video_id
+from emo.data.preprocess import (
+    PreprocessConfig,
+    add_audio_features,
+    audio_encoder_id,
+    list_videos,
+    parse_shard,
+    process_video,
+    run_preprocess,
+    video_id,
+)
 from emo.data.scenes import SceneConfig, SceneCutDetector, Span, split_scene
 from emo.errors import EmoError
 from emo.media import iter_video_frames, load_audio, probe_video, write_video
@@ -382,7 +391,7 @@ def test_kill_9_then_rerun_gives_the_same_dataset(videos, dataset, tmp_path):
     # A rerun of a finished dataset skips every video.
     stamp = {p: p.stat().st_mtime_ns for p in (out / mf.VIDEOS).glob(f"*/{mf.VIDEO_RECORD}")}
     started = time.perf_counter()
-    run_preprocess(list(videos.values()), out, CONFIG, progress=False)
+    run_preprocess(list(videos.values()), out, CONFIG, audio_encoder=str(encoder), progress=False)
     assert time.perf_counter() - started < 5
     assert stamp == {p: p.stat().st_mtime_ns for p in (out / mf.VIDEOS).glob(f"*/{mf.VIDEO_RECORD}")}
 
@@ -448,17 +457,44 @@ def test_a_different_configuration_is_refused(videos, dataset):
         run_preprocess([videos["silent"]], dataset, PreprocessConfig(min_clip_s=2.0, max_clip_s=3.0), progress=False)
 
 
+def test_a_different_audio_encoder_is_refused(videos, dataset, tmp_path):
+    from emo.tiny import tiny_audio_model
+
+    same, other = tmp_path / "same", tmp_path / "other"
+    tiny_audio_model().save_pretrained(same, safe_serialization=True)  # the dataset's, in another folder
+    tiny_audio_model(seed=1).save_pretrained(other, safe_serialization=True)
+    recorded = json.loads((dataset / mf.DATASET_CONFIG).read_text())["audio_encoder"]
+    assert recorded == audio_encoder_id(same) != audio_encoder_id(other)
+    before = tree_bytes(dataset)
+    with pytest.raises(EmoError, match="different wav2vec2 model"):
+        run_preprocess([videos["silent"]], dataset, CONFIG, audio_encoder=str(other), progress=False)
+    with pytest.raises(EmoError, match="made with --audio-encoder"):
+        run_preprocess([videos["silent"]], dataset, CONFIG, progress=False)
+    with pytest.raises(EmoError, match="different wav2vec2 model"):
+        add_audio_features(dataset, str(other), progress=False)
+    assert tree_bytes(dataset) == before
+
+
 def test_audio_features_added_later(videos, tmp_path):
     from emo.cli import main
     from emo.tiny import tiny_audio_model
 
     out = tmp_path / "ds"
+    encoder = tmp_path / "wav2vec2"
+    tiny_audio_model().save_pretrained(encoder, safe_serialization=True)
     assert main(["preprocess", str(videos["joined"]), "--out", str(out), *ARGS, "--max-clip", "8"]) == 0
     with pytest.raises(EmoError, match="add-audio-features"):
         VideoClipDataset(out)
-    encoder = tmp_path / "wav2vec2"
-    tiny_audio_model().save_pretrained(encoder, safe_serialization=True)
+    config = PreprocessConfig(min_clip_s=1.0, max_clip_s=8.0)
+    # Made without an encoder: resuming with one would leave the first clips without features.
+    with pytest.raises(EmoError, match="made without --audio-encoder.*--add-audio-features"):
+        run_preprocess([videos["joined"]], out, config, audio_encoder=str(encoder), progress=False)
     assert main(["preprocess", "--add-audio-features", "--out", str(out), "--audio-encoder", str(encoder)]) == 0
     summary = json.loads((out / mf.SUMMARY).read_text())
     assert summary["clips_with_audio_features"] == summary["clips_kept"] > 0
     assert len(VideoClipDataset(out)) > 0
+    # Now the dataset's features come from this encoder: a resume must use it.
+    assert json.loads((out / mf.DATASET_CONFIG).read_text())["audio_encoder"] == audio_encoder_id(encoder)
+    with pytest.raises(EmoError, match="made with --audio-encoder"):
+        run_preprocess([videos["joined"]], out, config, progress=False)
+    assert run_preprocess([videos["joined"]], out, config, audio_encoder=str(encoder), progress=False) == summary

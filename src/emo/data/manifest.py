@@ -2,7 +2,8 @@
 
 Layout of a dataset made by ``emo preprocess``::
 
-    DIR/dataset.json             preprocessing settings (fps, size, thresholds); a rerun must match them
+    DIR/dataset.json             preprocessing settings (fps, size, thresholds) and the audio encoder's
+                                 fingerprint (or null); a rerun must match them
     DIR/videos/<video_id>/       one folder per source video, renamed into place only when complete
         video.json               the video's record: status ok/failed, clips kept, clips dropped + reason
         <clip_id>/               one folder per kept clip (layout in emo.data.clips)

@@ -28,6 +28,7 @@ all of them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -683,24 +684,85 @@ def _single_threaded() -> None:
     torch.set_num_threads(1)
 
 
-def _check_dataset_config(root: Path, config: PreprocessConfig) -> None:
+ENCODER_KEY = "audio_encoder"  # dataset.json: audio_encoder_id of the wav2vec2 that made the features, or null
+
+
+def audio_encoder_id(path: str | os.PathLike) -> str:
+    """What identifies a wav2vec2 folder in dataset.json: a SHA-256 of its config and weights.
+
+    Not its path: a moved or copied folder is the same encoder, other weights in the same place are not.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise EmoError(f"--audio-encoder {path}: no config.json there; give a local wav2vec2 folder")
+    digest = hashlib.sha256()
+    for name in ("config.json", "preprocessor_config.json"):  # the latter holds do_normalize
+        if (path / name).is_file():
+            try:
+                settings = json.loads((path / name).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise EmoError(f"cannot read {path / name}: not valid JSON ({exc})") from None
+            settings.pop("transformers_version", None)  # re-saving with another version changes nothing
+            digest.update(json.dumps(settings, sort_keys=True).encode())
+    # The files transformers loads the weights from (safetensors first, as it does).
+    for weights in sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")):
+        digest.update(weights.name.encode())
+        with open(weights, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _check_dataset_config(root: Path, config: PreprocessConfig, encoder: str | None, encoder_path) -> None:
+    """Refuse to add to a dataset made with other settings or another audio encoder; else record them."""
     path = root / mf.DATASET_CONFIG
     wanted = config.to_json()
-    if path.is_file():
-        existing = mf.read_json(path)
-        if existing != wanted:
-            changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
-            raise EmoError(
-                f"{root} was made with different settings ({', '.join(changed)}); use the same options "
-                "or a new --out directory"
-            )
-    else:
+    if not path.is_file():
         root.mkdir(parents=True, exist_ok=True)
-        mf.write_json(path, wanted)
+        mf.write_json(path, {**wanted, ENCODER_KEY: encoder})
+        return
+    existing = mf.read_json(path)
+    settings = {k: v for k, v in existing.items() if k != ENCODER_KEY}
+    if settings != wanted:
+        changed = sorted(k for k in set(settings) | set(wanted) if settings.get(k) != wanted.get(k))
+        raise EmoError(
+            f"{root} was made with different settings ({', '.join(changed)}); use the same options "
+            "or a new --out directory"
+        )
+    _check_encoder(root, existing, encoder, encoder_path, adding=False)
+
+
+def _check_encoder(root: Path, existing: dict, encoder: str | None, encoder_path, adding: bool) -> None:
+    """Every clip's audio features must come from one wav2vec2 (or the dataset has none yet)."""
+    if ENCODER_KEY not in existing:  # made before the encoder was recorded: take this run's word for it
+        logger.warning("%s does not record its audio encoder; recording %s", root, encoder_path or "none")
+        mf.write_json(root / mf.DATASET_CONFIG, {**existing, ENCODER_KEY: encoder})
+        return
+    recorded = existing[ENCODER_KEY]
+    if recorded == encoder:
+        return
+    if adding and recorded is None:  # the first features of a dataset made without them
+        mf.write_json(root / mf.DATASET_CONFIG, {**existing, ENCODER_KEY: encoder})
+        return
+    if encoder is None:
+        raise EmoError(
+            f"{root} was made with --audio-encoder (wav2vec2 {recorded[:15]}...); resume with the same "
+            "--audio-encoder, so that every clip has audio features from one model"
+        )
+    if recorded is None:
+        raise EmoError(
+            f"{root} was made without --audio-encoder; resume without it, then give every clip its features "
+            f"with `emo preprocess --add-audio-features --out {root} --audio-encoder {encoder_path}`"
+        )
+    raise EmoError(
+        f"--audio-encoder {encoder_path} is a different wav2vec2 model ({encoder[:15]}...) from the one that "
+        f"made the audio features of {root} ({recorded[:15]}...); use the same weights or a new --out directory"
+    )
 
 
 def config_from_dataset(root: Path) -> PreprocessConfig:
     data = mf.read_json(root / mf.DATASET_CONFIG)
+    data.pop(ENCODER_KEY, None)
     return PreprocessConfig(**{**data, "scene": SceneConfig(**data["scene"])})
 
 
@@ -727,9 +789,8 @@ def run_preprocess(
     root = Path(root)
     index, num_shards = parse_shard(shard)
     videos = list_videos(inputs)
-    if audio_encoder and not (Path(audio_encoder) / "config.json").is_file():
-        raise EmoError(f"--audio-encoder {audio_encoder}: no config.json there; give a local wav2vec2 folder")
-    _check_dataset_config(root, config)
+    encoder = audio_encoder_id(audio_encoder) if audio_encoder else None
+    _check_dataset_config(root, config, encoder, audio_encoder)
     mine = videos[index::num_shards]
     if num_shards > 1:
         mf.write_json(
@@ -779,6 +840,9 @@ def add_audio_features(
 ) -> dict:
     """Compute wav2vec2 features for every clip that has audio but no features yet; returns the summary.
 
+    The encoder must be the one dataset.json records (if any: then it records this one), so that all
+    features come from one model.
+
     ``shard`` 'i/N' takes every N-th such clip (cluster array jobs); each feature file is written
     atomically, so a killed run just resumes.
     """
@@ -789,6 +853,9 @@ def add_audio_features(
 
     root = Path(root)
     index, num_shards = parse_shard(shard)
+    _check_encoder(
+        root, mf.read_json(root / mf.DATASET_CONFIG), audio_encoder_id(audio_encoder), audio_encoder, adding=True
+    )
     clips = [c for c in mf.read_manifest(root) if c["has_audio"]]
     clips = [c for c in clips[index::num_shards] if not (root / c["path"] / clipfmt.AUDIO_FEATURES).is_file()]
     if not clips:
