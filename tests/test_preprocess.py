@@ -207,6 +207,28 @@ def test_small_face_video_gives_a_face_centred_512_crop(dataset):
         assert abs(len(audio) / 16000 - clip["num_frames"] / 30) < 0.01
 
 
+def test_stored_head_pose_is_plausible_and_gives_the_stored_speed(dataset):
+    from emo.conditioning.face.pose import rotation_from_euler, rotation_speed
+
+    clips = mf.read_manifest(dataset)
+    assert clips
+    for clip in clips:
+        with np.load(dataset / clip["path"] / clipfmt.META) as meta:
+            pose, speed, found = meta["pose"], meta["speed"], meta["face_found"]
+        assert pose.shape == (clip["num_frames"], 3) and speed.shape == (clip["num_frames"],)
+        assert np.isfinite(pose).all() and np.isfinite(speed).all()
+        # Talking heads that face the camera, in degrees, and measured (a head that speaks moves).
+        assert np.abs(pose).max() < 45, (clip["clip_id"], pose.min(0), pose.max(0))
+        assert pose.std(0).max() > 0.5, (clip["clip_id"], pose.std(0))
+        # The speed of each frame is the rotation speed of the stored poses (yaw, pitch, roll in that
+        # order; frames without a face hold their neighbours'), in degrees per output frame.
+        rotations = np.stack(
+            [rotation_from_euler(*p) if f else np.full((3, 3), np.nan) for p, f in zip(pose.astype(float), found)]
+        )
+        np.testing.assert_allclose(speed, rotation_speed(rotations, clip["fps"], clip["fps"]), atol=1e-3)
+        assert 0 < speed.mean() < 5
+
+
 def test_video_without_audio_serves_stage_1_only(dataset):
     silent = records_by_source(dataset)["c_silent.mp4"]
     assert silent["status"] == "ok" and silent["clips"]
