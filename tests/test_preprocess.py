@@ -385,22 +385,26 @@ def test_kill_9_then_rerun_gives_the_same_dataset(videos, dataset, tmp_path):
     command = [sys.executable, "-m", "emo.cli", "preprocess", *map(str, videos.values()), "--out", str(out),
                "--audio-encoder", str(encoder), *ARGS]
     log_path = tmp_path / "log.txt"
+    partial = f"{mf.TMP}/*/*/{clipfmt.FRAMES}"  # a clip being written
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, start_new_session=True, stdout=log, stderr=log)
         try:
-            # Generous: the machine may be shared; what matters is that the kill lands mid-run.
+            # Kill once a video is done and the next one is writing a clip's frames. Generous: the
+            # machine may be shared.
             deadline = time.time() + 300
-            while not list((out / mf.VIDEOS).glob(f"*/{mf.VIDEO_RECORD}")):
+            while not (list((out / mf.VIDEOS).glob(f"*/{mf.VIDEO_RECORD}")) and list(out.glob(partial))):
                 assert process.poll() is None, f"preprocess exited early: {log_path.read_text()[-2000:]}"
-                assert time.time() < deadline, f"no video finished in 300 s: {log_path.read_text()[-2000:]}"
+                assert time.time() < deadline, f"no kill point in 300 s: {log_path.read_text()[-2000:]}"
                 time.sleep(0.02)
-            time.sleep(0.3)  # into the next video
         finally:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     done = list((out / mf.VIDEOS).glob("*"))
     assert 1 <= len(done) < len(videos), "the kill should land mid-run"
-    # Nothing partial is visible: every video folder is complete (has its record), no manifest yet.
+    # The kill interrupted a clip half-written, and nothing partial is visible: every video folder is
+    # complete (has its record), there is no manifest yet.
+    writing = {p.relative_to(out / mf.TMP).parts[0].split(".")[0] for p in out.glob(partial)}
+    assert writing and not writing & {d.name for d in done}
     assert all((d / mf.VIDEO_RECORD).is_file() for d in done)
     assert not (out / mf.MANIFEST).exists()
 
@@ -410,6 +414,7 @@ def test_kill_9_then_rerun_gives_the_same_dataset(videos, dataset, tmp_path):
     assert rerun.keys() == reference.keys()
     for name, content in rerun.items():
         assert content == reference[name], f"{name} differs from the uninterrupted run"
+    assert not list((out / mf.TMP).iterdir())  # the killed run's work in progress is gone
     # A rerun of a finished dataset skips every video.
     stamp = {p: p.stat().st_mtime_ns for p in (out / mf.VIDEOS).glob(f"*/{mf.VIDEO_RECORD}")}
     started = time.perf_counter()
