@@ -223,7 +223,7 @@ def test_stored_head_pose_is_plausible_and_gives_the_stored_speed(dataset):
         # The speed of each frame is the rotation speed of the stored poses (yaw, pitch, roll in that
         # order; frames without a face hold their neighbours'), in degrees per output frame.
         rotations = np.stack(
-            [rotation_from_euler(*p) if f else np.full((3, 3), np.nan) for p, f in zip(pose.astype(float), found)]
+            [rotation_from_euler(*a) if f else np.full((3, 3), np.nan) for a, f in zip(pose.tolist(), found)]
         )
         np.testing.assert_allclose(speed, rotation_speed(rotations, clip["fps"], clip["fps"]), atol=1e-3)
         assert 0 < speed.mean() < 5
@@ -433,14 +433,16 @@ def process_or_crash(source: Path, root: Path, config: PreprocessConfig, tools) 
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_worker_that_crashes_is_recorded_as_failed_and_the_rest_continue(videos, dataset, tmp_path, workers):
+def test_a_crashing_worker_is_recorded_as_failed_and_the_rest_continue(videos, dataset, tmp_path, workers):
     crash = tmp_path / "crash.mp4"  # sorts before the other input: it crashes first
     crash.write_bytes(videos["silent"].read_bytes())
     inputs, out = [crash, videos["silent"]], tmp_path / "ds"
-    summary = run_preprocess(inputs, out, CONFIG, workers=workers, process_fn=process_or_crash, progress=False)
+    options = dict(workers=workers, process_fn=process_or_crash, progress=False)
+    summary = run_preprocess(inputs, out, CONFIG, **options)
     records = records_by_source(out)
     crashed = records["crash.mp4"]
-    assert crashed["status"] == "failed" and crashed["error"].startswith("worker crashed") and "crash.mp4" in crashed["error"]
+    assert crashed["status"] == "failed" and crashed["error"].startswith("worker crashed")
+    assert "crash.mp4" in crashed["error"]
     assert summary["videos_failed"] == 1 and summary["videos_ok"] == 1
     assert [Path(f["source"]).name for f in summary["failed"]] == ["crash.mp4"]
     # The other video is exactly as in the reference run; nothing half-written is left behind.
@@ -453,7 +455,7 @@ def test_a_worker_that_crashes_is_recorded_as_failed_and_the_rest_continue(video
     assert [p.name for p in (out / mf.VIDEOS / crashed["video_id"]).iterdir()] == [mf.VIDEO_RECORD]
     # Like a corrupt file, the crashed video is done: a rerun skips it.
     stamp = (out / mf.VIDEOS / crashed["video_id"] / mf.VIDEO_RECORD).stat().st_mtime_ns
-    assert run_preprocess(inputs, out, CONFIG, workers=workers, process_fn=process_or_crash, progress=False) == summary
+    assert run_preprocess(inputs, out, CONFIG, **options) == summary
     assert (out / mf.VIDEOS / crashed["video_id"] / mf.VIDEO_RECORD).stat().st_mtime_ns == stamp
 
 
@@ -524,4 +526,4 @@ def test_audio_features_added_later(videos, tmp_path):
     assert json.loads((out / mf.DATASET_CONFIG).read_text())["audio_encoder"] == audio_encoder_id(encoder)
     with pytest.raises(EmoError, match="made with --audio-encoder"):
         run_preprocess([videos["joined"]], out, config, progress=False)
-    assert run_preprocess([videos["joined"]], out, config, audio_encoder=str(encoder), progress=False) == summary
+    assert run_preprocess([videos["joined"]], out, config, audio_encoder=str(encoder)) == summary

@@ -13,8 +13,9 @@ landmarks, head pose and rotation speed, and the face-region mask.
 Output: DIR/manifest.jsonl (one line per clip), DIR/summary.json (kept / dropped per reason, hours),
 DIR/videos/<video>/<clip>/ (frames.mjpeg, meta.npz, audio.wav, audio_features.safetensors).
 
-A rerun skips finished videos (also after a crash or kill -9); a video that cannot be read is
-recorded as failed and the others continue. On a cluster, run one job per shard (--shard 0/8 ...
+A rerun skips finished videos (also after a crash or kill -9); a video that cannot be read, or that
+crashes its worker process, is recorded as failed (--retry-failed tries again) and the others continue.
+DIR/dataset.json records the settings and the --audio-encoder weights: a rerun must use the same. On a cluster, run one job per shard (--shard 0/8 ...
 --shard 7/8, same inputs and --out); the last one to finish writes the merged manifest, or run
 --merge afterwards.
 """

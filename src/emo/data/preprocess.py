@@ -18,7 +18,10 @@ Everything a video produces is written under ``DIR/tmp/`` and renamed to ``DIR/v
 when complete, with its ``video.json`` record inside. A rerun skips videos that have a record, so a run
 killed at any point (even ``kill -9``) resumes where it stopped and ends with the same dataset as an
 uninterrupted run. A video that cannot be read gets a ``failed`` record with the reason and the run goes
-on. The manifest and summary are rebuilt from the records at the end (emo.data.manifest).
+on; so does one whose worker process dies (a native crash in FFmpeg or MediaPipe, the out-of-memory
+killer): videos are always processed in worker processes, even with ``--workers 1``. The manifest and
+summary are rebuilt from the records at the end (emo.data.manifest). ``DIR/dataset.json`` holds the
+settings and the audio encoder's fingerprint; a rerun with others is refused.
 
 ``--workers N`` runs N processes; ``--shard i/N`` takes every N-th video of the sorted input list, so a
 cluster array job can split the work; the last shard to finish (or ``--merge``) writes the manifest of
@@ -592,12 +595,13 @@ def _process_in_workers(
     size = min(workers, len(videos))
     # Threads per worker are set once per run, so a video retried alone gives the same bytes.
     initargs = (audio_encoder, device, size > 1, logging.getLogger().getEffectiveLevel())
+    job = (process_fn, root, config)
     pending, suspects = deque(videos), deque()
     while pending or suspects:
         if suspects:
-            lost = _run_pool(suspects, 1, context, initargs, (process_fn, root, config), done)
+            lost = _run_pool(suspects, 1, context, initargs, job, done)
         else:
-            lost = _run_pool(pending, min(size, len(pending)), context, initargs, (process_fn, root, config), done)
+            lost = _run_pool(pending, min(size, len(pending)), context, initargs, job, done)
         _clear_tmp(root, {video_id(v) for v in lost})  # what the dead and the stopped workers left
         if len(lost) == 1:
             done(_crash_record(lost[0], root))
@@ -667,7 +671,8 @@ def _crash_record(source: Path, root: Path) -> dict:
         "MediaPipe, or killed, e.g. by the out-of-memory killer)"
     )
     logger.warning("%s: failed: %s", source, error)
-    record = {"video_id": vid, "source": str(source), "status": "failed", "error": error, "clips": [], "dropped": []}
+    record = {"video_id": vid, "source": str(source), "status": "failed", "error": error}
+    record.update(clips=[], dropped=[])
     tmp = _tmp_dir(root, vid)
     tmp.mkdir(parents=True)
     mf.write_json(tmp / mf.VIDEO_RECORD, record)
@@ -684,7 +689,7 @@ def _single_threaded() -> None:
     torch.set_num_threads(1)
 
 
-ENCODER_KEY = "audio_encoder"  # dataset.json: audio_encoder_id of the wav2vec2 that made the features, or null
+ENCODER_KEY = "audio_encoder"  # in dataset.json: audio_encoder_id of the features' wav2vec2, or null
 
 
 def audio_encoder_id(path: str | os.PathLike) -> str:
@@ -755,8 +760,9 @@ def _check_encoder(root: Path, existing: dict, encoder: str | None, encoder_path
             f"with `emo preprocess --add-audio-features --out {root} --audio-encoder {encoder_path}`"
         )
     raise EmoError(
-        f"--audio-encoder {encoder_path} is a different wav2vec2 model ({encoder[:15]}...) from the one that "
-        f"made the audio features of {root} ({recorded[:15]}...); use the same weights or a new --out directory"
+        f"--audio-encoder {encoder_path} is a different wav2vec2 model ({encoder[:15]}...) from the one "
+        f"that made the audio features of {root} ({recorded[:15]}...); use the same weights or a new --out "
+        "directory"
     )
 
 
@@ -853,9 +859,8 @@ def add_audio_features(
 
     root = Path(root)
     index, num_shards = parse_shard(shard)
-    _check_encoder(
-        root, mf.read_json(root / mf.DATASET_CONFIG), audio_encoder_id(audio_encoder), audio_encoder, adding=True
-    )
+    existing = mf.read_json(root / mf.DATASET_CONFIG)
+    _check_encoder(root, existing, audio_encoder_id(audio_encoder), audio_encoder, adding=True)
     clips = [c for c in mf.read_manifest(root) if c["has_audio"]]
     clips = [c for c in clips[index::num_shards] if not (root / c["path"] / clipfmt.AUDIO_FEATURES).is_file()]
     if not clips:
