@@ -15,7 +15,7 @@ import torch
 
 from emo.errors import EmoError
 from emo.media import iter_video_frames, load_audio, probe_video
-from emo.pipeline import EMOPipeline, GenerationOptions, guidance_plan
+from emo.pipeline import EMOPipeline, GenerationOptions, clip_window, guidance_plan
 from emo.tiny import save_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +161,73 @@ def test_bfloat16_runs_on_cpu(weights, short_audio, tmp_path):
     pipe = EMOPipeline.from_weights(weights, dtype=torch.bfloat16)
     result = pipe.generate(PORTRAIT, short_audio, tmp_path / "bf16.mp4", FAST, progress=False)
     assert result.frames == 15
+
+
+@pytest.mark.parametrize("total", [1, 5, 11, 12, 15, 24, 25])
+@pytest.mark.parametrize("f, m", [(12, 2), (4, 2), (1, 2), (12, 0), (3, 4)])
+def test_clip_windows_are_the_whole_track_windows(total, f, m):
+    """Each clip's windows equal the old whole-track window(), padded to full clips with its last row."""
+    from emo.conditioning.temporal import window
+
+    features = torch.randn(total, 3, 4)  # (F, L, D)
+    clips = math.ceil(total / f)
+    whole = window(features, m)  # (F, 2m+1, L, D)
+    whole = torch.cat([whole, whole[-1:].expand(clips * f - total, *whole.shape[1:])])
+    for clip in range(clips):
+        assert torch.equal(clip_window(features, clip * f, f, m), whole[clip * f : (clip + 1) * f])
+
+
+def test_audio_held_is_one_row_per_frame_and_windows_one_clip(weights, tmp_path):
+    """No tensor of audio features is a whole-track window: the track is held once as (F, L, D) and the model
+    gets (passes, f, 2m+1, L, D) per clip, however long the audio."""
+    from dataclasses import replace
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    pipe = EMOPipeline.from_weights(weights)
+    cfg = pipe.model.audio_projector.config
+    per_frame = (cfg.num_layers, cfg.feature_dim)
+
+    class AudioShapes(TorchDispatchMode):  # the shape of every tensor of audio features any op makes
+        shapes: list = []
+        recording = True
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                is_audio = isinstance(t, torch.Tensor) and t.ndim >= 3 and tuple(t.shape[-2:]) == per_frame
+                if is_audio and self.recording:
+                    self.shapes.append(tuple(t.shape))
+            return out
+
+    # Not inside the audio encoder: its 50 Hz features are its own business (encoded chunk by chunk).
+    frame_features = pipe.audio_encoder.frame_features
+
+    def encoder_unrecorded(*args, **kwargs):
+        mode.recording = False
+        try:
+            return frame_features(*args, **kwargs)
+        finally:
+            mode.recording = True
+
+    pipe.audio_encoder.frame_features = encoder_unrecorded
+
+    audio = tmp_path / "speech_3s.wav"
+    sf.write(audio, load_audio(SPEECH)[: 3 * 16000], 16000)
+    opts = replace(FAST, audio_guidance=2.0)  # two passes: audio on and off
+    total, f, passes = 30, opts.clip_frames, 2
+    handed = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda noisy, t, cond, ref: (
+        handed.append(cond.audio.shape) or forward(noisy, t, cond, ref)
+    )
+    with AudioShapes() as mode:
+        pipe.generate(PORTRAIT, audio, tmp_path / "o.mp4", opts, progress=False)
+    assert set(handed) == {(passes, f, cfg.window, *per_frame)}
+    assert (f, cfg.window, *per_frame) in mode.shapes  # a clip's windows were seen being made
+    biggest = max(math.prod(shape) for shape in mode.shapes) // math.prod(per_frame)  # in frame rows
+    assert biggest <= max(total, passes * f * cfg.window)  # not total * window (a whole-track window)
 
 
 # -- errors ----------------------------------------------------------------------------------------------

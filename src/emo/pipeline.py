@@ -5,8 +5,9 @@
         -> stream frames into the H.264 encoder
 
 Clips chain through motion frames (the first clip gets zero motion features, EMO paper); the last clip is
-trimmed so the video has ceil(duration x fps) frames. Memory stays flat in the audio length: features are
-per-frame tensors, frames go to the encoder as they are decoded.
+trimmed so the video has ceil(duration x fps) frames. Memory stays flat in the audio length: the audio is
+kept as one (F, L, D) feature row per frame and each clip's (f, 2m+1, L, D) window is gathered when the clip
+runs; frames go to the encoder as they are decoded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from emo.conditioning.temporal import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
@@ -219,7 +219,11 @@ class EMOPipeline:
     def prepare_audio(
         self, audio_path: str | Path, opts: GenerationOptions
     ) -> tuple[np.ndarray, torch.Tensor]:
-        """Waveform (16 kHz mono) and windowed per-frame features (F, 2m+1, L, D)."""
+        """Waveform (16 kHz mono) and per-frame features (F, L, D) on the CPU in the model's dtype.
+
+        Not windowed here: a (F, 2m+1, L, D) copy would be 2m+1 times the features (3.6 GB per 10 min
+        at 30 fps for wav2vec2-base in float32); :func:`clip_window` gathers one clip's windows at a time.
+        """
         waveform = load_audio(audio_path, SAMPLE_RATE)
         duration = waveform.size / SAMPLE_RATE
         if opts.max_duration and duration > opts.max_duration:
@@ -235,7 +239,7 @@ class EMOPipeline:
                 f"the audio encoder gives {features.shape[1]} layers x {features.shape[2]} features, the "
                 f"model expects {proj.num_layers} x {proj.feature_dim}: use the wav2vec2 it was trained with"
             )
-        return waveform, window(features, proj.window // 2)
+        return waveform, features.to(self.dtype)  # bfloat16 halves what a long track holds
 
     def prepare_portrait(self, image_path: str | Path, opts: GenerationOptions):
         from emo.conditioning.face import prepare_portrait
@@ -315,14 +319,13 @@ class EMOPipeline:
         out_path = Path(out_path)
         if out_path.exists() and not overwrite:
             raise EmoError(f"{out_path} exists; pass --overwrite to replace it")
-        waveform, audio = self.prepare_audio(audio_path, opts)  # (F, 2m+1, L, D)
+        waveform, features = self.prepare_audio(audio_path, opts)  # (F, L, D)
         portrait = self.prepare_portrait(image_path, opts)
-        total = audio.shape[0]
+        total = features.shape[0]
         f, n = opts.clip_frames, opts.motion_frames
+        m = self.model.audio_projector.config.window // 2
         clips = math.ceil(total / f)
-        # Pad the last clip to f frames with its final audio frame; the extra frames are never written.
-        audio = torch.cat([audio, audio[-1:].expand(clips * f - total, *audio.shape[1:])])
-        speed = self.speed_window(clips * f, opts.speed)
+        speed = self.speed_window(f, opts.speed)[None].to(self.device)  # (1, f, W): one speed per video
         mask = torch.from_numpy(np.ascontiguousarray(portrait.mask, dtype=np.float32))[None, None].to(
             self.device
         )
@@ -343,18 +346,9 @@ class EMOPipeline:
             overwrite=overwrite,
         ) as writer:
             for clip in range(clips):
-                window_ = slice(clip * f, (clip + 1) * f)
                 noise = torch.randn(1, f, 4, h, w, generator=generator).to(self.device)
-                latents = self.denoise_clip(
-                    noise,
-                    audio[window_][None].to(self.device, self.dtype),
-                    speed[window_][None].to(self.device),
-                    mask,
-                    reference,
-                    motion,
-                    opts,
-                    bar,
-                )
+                audio = clip_window(features, clip * f, f, m)[None].to(self.device)  # (1, f, 2m+1, L, D)
+                latents = self.denoise_clip(noise, audio, speed, mask, reference, motion, opts, bar)
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
                 for frame in self.decode(latents[0, :keep].to(self.dtype), opts.decode_chunk):
@@ -363,6 +357,19 @@ class EMOPipeline:
                 bar.set_postfix(clip=f"{clip + 1}/{clips}")
         bar.close()
         return GenerationResult(out_path, written, clips, time.perf_counter() - start)
+
+
+def clip_window(features: torch.Tensor, start: int, length: int, m: int) -> torch.Tensor:
+    """Audio windows of frames start .. start+length-1: (F, L, D) -> (length, 2m+1, L, D).
+
+    Frame t gets features[clamp(t-m .. t+m, 0, F-1)] (EMO Sec. 3.2, as ``window`` in
+    emo.conditioning.temporal). Frames past the end (the last clip filled out to f frames, never written)
+    repeat the last frame's window, as the whole-track ``window`` padded with its last row did.
+    """
+    total = features.shape[0]
+    frames = torch.arange(start, start + length).clamp(max=total - 1)  # (length,)
+    index = (frames[:, None] + torch.arange(-m, m + 1)).clamp(0, total - 1)  # (length, 2m+1)
+    return features[index]  # (length, 2m+1, L, D)
 
 
 def _select(features: ReferenceFeatures, index: int) -> ReferenceFeatures:
