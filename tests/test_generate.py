@@ -249,6 +249,46 @@ def test_no_face_fails_without_partial_output(pipe, short_audio, tmp_path):
     assert not (tmp_path / "x.mp4").exists() and not list(tmp_path.glob("*.tmp*"))
 
 
+def test_portrait_is_read_before_the_audio(pipe, short_audio, tmp_path):
+    """A portrait without a face fails before the wav2vec2 pass over the (maybe long) audio."""
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(blank)
+    calls = []
+    pipe.prepare_audio = lambda *a, **k: calls.append(1)
+    with pytest.raises(EmoError, match="no face"):
+        pipe.generate(blank, short_audio, tmp_path / "new" / "x.mp4", FAST, progress=False)
+    assert calls == [] and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(motion_frames=13), "motion frames"),
+        (dict(region="70,0,90,20"), "outside the 64² crop"),
+        (dict(region="0,64,10,80"), "outside the 64² crop"),
+        (dict(seed=2**64), "--seed"),
+    ],
+)
+def test_options_are_checked(changes, message):
+    from dataclasses import replace
+
+    with pytest.raises(EmoError, match=message):
+        replace(FAST, **changes).validate()
+    replace(FAST, motion_frames=12, region="60,60,80,80").validate()  # a box partly inside is clipped
+
+
+def test_a_gpu_that_is_not_there_is_a_clear_error(monkeypatch):
+    from emo.generate import _resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(EmoError, match=r"--device cuda:7: this machine has 2 CUDA GPU\(s\)"):
+        _resolve_device("cuda:7")
+
+
 def test_missing_checkpoint_component(weights, tmp_path):
     import shutil
 
@@ -310,6 +350,8 @@ def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path):
         (["--region", "middle"], "region"),
         (["--size", "100"], "--size"),
         (["--audio", "/nonexistent.wav"], "nonexistent.wav"),
+        (["--region", "70,70,90,90"], "outside the 64² crop"),
+        (["--device", "cuda:7"], "--device"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, args, message):
@@ -327,6 +369,130 @@ def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, a
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("emo: error:") and message in lines[0]
     assert "Traceback" not in done.stderr and not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_csv_batch_and_the_tiny_preset_notice(short_audio, tmp_path):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(
+        "image,audio,out,seed,speed,region\n"
+        f"{PORTRAIT},{short_audio},{tmp_path / 'a.mp4'},3,0.2,full\n"
+        f"{PORTRAIT},{short_audio},{tmp_path / 'b.mp4'},,,\n"  # empty cells: the command-line values
+    )
+    done = run_cli("--preset", "tiny", "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "RANDOM tiny model" in done.stdout and "--weights" in done.stdout  # says it is a smoke run
+    assert done.stdout.count("15 frames") == 2
+    a, b = frames_of(tmp_path / "a.mp4"), frames_of(tmp_path / "b.mp4")
+    assert len(a) == len(b) == 15 and not np.array_equal(a, b)  # the row's seed, speed and region were used
+
+
+def test_batch_values_are_checked_and_coerced(tmp_path):
+    import json
+
+    from emo.generate import read_jobs
+
+    files = {"image": "p.png", "audio": "s.wav"}
+    csv = tmp_path / "jobs.csv"
+    csv.write_text(
+        "image,audio,out,seed,speed,region\np.png,s.wav,a.mp4,3,1.1,wide\np.png,s.wav,b.mp4,4.0,, \n"
+    )
+    assert read_jobs(csv) == [
+        {**files, "out": "a.mp4", "seed": 3, "speed": 1.1, "region": "wide"},
+        {**files, "out": "b.mp4", "seed": 4},
+    ]
+    js = tmp_path / "jobs.json"
+    js.write_text(json.dumps([{**files, "out": "a.mp4", "seed": 2.0, "speed": 1, "region": None}]))
+    assert read_jobs(js) == [{**files, "out": "a.mp4", "seed": 2, "speed": 1.0}]
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        ({"seed": "abc"}, "job 2: seed must be an integer"),
+        ({"seed": 1.5}, "job 2: seed must be an integer"),
+        ({"seed": "1.5"}, "job 2: seed must be an integer"),
+        ({"seed": True}, "job 2: seed must be an integer"),
+        ({"speed": "fast"}, "job 2: speed must be a finite number"),
+        ({"speed": float("nan")}, "job 2: speed must be a finite number"),
+        ({"region": "middle"}, "job 2: --region 'middle' is not valid"),
+        ({"region": 3}, "job 2: region must be"),
+        ({"image": ""}, "job 2: image must be a file path"),
+        ({"audio": ["s.wav"]}, "job 2: audio must be a file path"),
+        ({"out": None}, "job 2 has no out"),
+        ({"fps": 25}, "job 2 has unknown field(s) fps"),
+        ({"out": "a.mp4"}, "jobs 1 and 2 both write a.mp4"),
+        ({"out": "./sub/../a.mp4"}, "jobs 1 and 2 both write"),
+    ],
+)
+def test_bad_batch_values_name_the_job_and_field(tmp_path, monkeypatch, second, message):
+    import json
+
+    from emo.generate import read_jobs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    jobs = [
+        {"image": "p.png", "audio": "s.wav", "out": "a.mp4"},
+        {"image": "p.png", "audio": "s.wav", "out": "b.mp4"},
+    ]
+    jobs[1].update(second)
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    with pytest.raises(EmoError) as error:
+        read_jobs(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("p.png,s.wav\n", "job 1 has no out"),
+        ("p.png,s.wav,a.mp4,1,extra\n", "job 1 has more cells than the header"),
+        ("p.png,s.wav,a.mp4,x\n", "job 1: seed must be an integer, got 'x'"),
+    ],
+)
+def test_bad_csv_rows_name_the_job(tmp_path, rows, message):
+    from emo.generate import read_jobs
+
+    path = tmp_path / "jobs.csv"
+    path.write_text("image,audio,out,seed\n" + rows)
+    with pytest.raises(EmoError, match=message.replace("(", r"\(")):
+        read_jobs(path)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"seed": "abc"}, "job 2: seed"),
+        ({"speed": 9}, "job 2: --speed must be in"),
+        ({"region": "70,70,90,90"}, "job 2: --region"),
+    ],
+)
+def test_cli_bad_batch_job_fails_before_the_model_loads(short_audio, tmp_path, bad, message):
+    import json
+
+    jobs = [
+        {"image": str(PORTRAIT), "audio": str(short_audio), "out": str(tmp_path / f"{i}" / "o.mp4")}
+        for i in (1, 2)
+    ]
+    jobs[1].update(bad)
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    # A --weights folder that does not exist: had the model been loaded first, that would be the error.
+    done = run_cli("--weights", tmp_path / "no-weights", "--batch", path, "--size", 64, "--quiet")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emo: error: --batch") and message in lines[0], lines
+    assert not list(tmp_path.glob("*/o.mp4")) and not (tmp_path / "1").exists()
+
+
+def test_cli_missing_input_creates_no_output_folder(weights, tmp_path):
+    out = tmp_path / "new" / "dir" / "o.mp4"
+    done = run_cli(
+        "--weights", weights, "--image", PORTRAIT, "--audio", tmp_path / "none.wav", "--out", out, "--quiet"
+    )
+    assert done.returncode == 2 and "none.wav" in done.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_path):

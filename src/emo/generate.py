@@ -16,13 +16,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+import os
+import sys
 from pathlib import Path
 
 from emo.errors import EmoError
 
 HELP = "portrait + audio -> talking/singing mp4"
 log = logging.getLogger(__name__)
-JOB_KEYS = {"image", "audio", "out", "seed", "speed", "region"}
+PATH_KEYS = ("image", "audio", "out")  # required in every job
+OPTION_KEYS = ("seed", "speed", "region")  # optional per-job overrides of the command-line values
 
 
 def add_arguments(parser) -> None:
@@ -107,8 +111,24 @@ def _resolve_device(name: str):
         device = torch.device(name)
     except RuntimeError:
         raise EmoError(f"--device {name!r} is not a device (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EmoError("--device cuda but no CUDA GPU is available; use --device cpu")
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EmoError(f"--device {name} but no CUDA GPU is available; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise EmoError(
+                f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+        return device
+    try:  # mps, xpu, ...: fail here, before the model loads, rather than in the first .to()
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        reason = (
+            (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
+        )  # torch's first sentence
+        raise EmoError(f"--device {name} is not usable here ({reason}); use --device cpu or cuda") from None
     return device
 
 
@@ -132,27 +152,119 @@ def quiet_third_party_logs() -> None:
 
 
 def read_jobs(path: str | Path) -> list[dict]:
+    """The jobs of a --batch file (a JSON list of objects, or a CSV with a header row), checked and coerced.
+
+    Every job has image, audio and out (non-empty strings) and may set seed (int), speed (float) and region;
+    an empty CSV cell or a JSON null keeps the command-line value. Any problem is an EmoError naming the job
+    (1-based) and the field, raised before a model is loaded.
+    """
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise EmoError(f"cannot read --batch {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EmoError(f"cannot read --batch {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         jobs = json.loads(text) if path.suffix.lower() == ".json" else list(csv.DictReader(text.splitlines()))
     except json.JSONDecodeError as exc:
         raise EmoError(f"--batch {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except csv.Error as exc:
+        raise EmoError(f"--batch {path} is not valid CSV: {exc}") from None
     if not isinstance(jobs, list) or not jobs:
         raise EmoError(f"--batch {path} must hold a non-empty list of jobs")
-    for i, job in enumerate(jobs):
-        if not isinstance(job, dict) or not {"image", "audio", "out"} <= job.keys():
-            raise EmoError(f"--batch {path}: job {i} needs image, audio and out")
-        unknown = set(job) - JOB_KEYS
-        if unknown:
-            raise EmoError(f"--batch {path}: job {i} has unknown field(s) {', '.join(sorted(unknown))}")
-    return jobs
+    checked = [_check_job(job, f"--batch {path}: job {i}") for i, job in enumerate(jobs, 1)]
+    first_job = {}  # resolved out path -> the job writing it
+    for i, job in enumerate(checked, 1):
+        out = Path(job["out"]).resolve()
+        if out in first_job:
+            raise EmoError(f"--batch {path}: jobs {first_job[out]} and {i} both write {job['out']}")
+        first_job[out] = i
+    return checked
+
+
+def _check_job(job, where: str) -> dict:
+    if not isinstance(job, dict):
+        raise EmoError(f"{where} must be an object with image, audio and out, got {type(job).__name__}")
+    if None in job:  # csv.DictReader files cells beyond the header under None
+        raise EmoError(f"{where} has more cells than the header has columns")
+    unknown = sorted(set(job) - set(PATH_KEYS) - set(OPTION_KEYS))
+    if unknown:
+        raise EmoError(
+            f"{where} has unknown field(s) {', '.join(map(str, unknown))}; "
+            f"use {', '.join(PATH_KEYS + OPTION_KEYS)}"
+        )
+    checked = {}
+    for key in PATH_KEYS:
+        value = job.get(key)
+        if value is None:
+            raise EmoError(f"{where} has no {key} (image, audio and out are required)")
+        if not isinstance(value, str) or not value.strip():
+            raise EmoError(f"{where}: {key} must be a file path, got {value!r}")
+        checked[key] = value
+    for key in OPTION_KEYS:
+        value = job.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # keep the command-line value
+        checked[key] = _coerce_option(key, value, where)
+    return checked
+
+
+def _coerce_option(key: str, value, where: str):
+    if key == "region":
+        from emo.conditioning.face import parse_region
+
+        if not isinstance(value, str):
+            raise EmoError(f"{where}: region must be face, wide, tall, full or x0,y0,x1,y1, got {value!r}")
+        try:
+            parse_region(value)
+        except EmoError as exc:
+            raise EmoError(f"{where}: {exc}") from None
+        return value
+    number = _number(value)
+    if key == "seed":
+        if isinstance(number, float) and number.is_integer():
+            number = int(number)  # 3.0 is seed 3; 1.5 is not a seed
+        if not isinstance(number, int):
+            raise EmoError(f"{where}: seed must be an integer, got {value!r}")
+        return number
+    if number is None or not math.isfinite(number):
+        raise EmoError(f"{where}: speed must be a finite number (degrees/frame), got {value!r}")
+    return float(number)
+
+
+def _number(value) -> int | float | None:
+    """A JSON number or a CSV cell as an int or float; None if it is neither."""
+    if isinstance(value, bool):  # JSON true is not 1
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value.strip())
+            except ValueError:
+                pass
+    return None
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Fail now, before the model loads, if OUT cannot be written; create nothing yet (the writer makes the
+    folder once the inputs have been read)."""
+    if out.exists() and not overwrite:
+        raise EmoError(f"{out} exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise EmoError(f"{out} is a directory; give a file name")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EmoError(f"cannot create the output folder {out.parent}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise EmoError(f"cannot write {out}: folder {existing} is not writable")
 
 
 def run(args) -> int:
+    from dataclasses import replace
+
     from emo.pipeline import EMOPipeline, GenerationOptions
 
     if args.batch:
@@ -186,26 +298,24 @@ def run(args) -> int:
         max_duration=args.max_duration,
         strict=args.strict,
     )
-    base.validate()
-    from emo.conditioning.face import parse_region
-
-    parse_region(args.region)  # a bad --region fails before the model loads
-    for job in jobs:
-        out = Path(job["out"])
-        if out.exists() and not args.overwrite:
-            raise EmoError(f"{out} exists; pass --overwrite to replace it")
+    base.validate()  # a bad option (--region included) fails before the model loads
+    options = []
+    for i, job in enumerate(jobs, 1):
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EmoError(f"cannot create the output folder {out.parent}: {exc.strerror}") from None
-
-    for job in jobs:  # fail before the model loads
-        for key in ("image", "audio"):
-            if not Path(job[key]).is_file():
-                raise EmoError(f"{key} file not found: {job[key]}")
-    quiet_third_party_logs()
+            opts = replace(base, **{k: job[k] for k in OPTION_KEYS if k in job})
+            opts.validate()
+            # Inputs before outputs, and nothing created yet: a job with a missing input leaves no folder.
+            for key in ("image", "audio"):
+                if not Path(job[key]).is_file():
+                    raise EmoError(f"{key} file not found: {job[key]}")
+            _check_output(Path(job["out"]), args.overwrite)
+        except EmoError as exc:
+            raise EmoError(f"--batch {args.batch}: job {i}: {exc}" if args.batch else str(exc)) from None
+        options.append(opts)
     device = _resolve_device(args.device)
     dtype = _resolve_dtype(args.dtype, device)
+
+    quiet_third_party_logs()
     cache = None if args.no_cache else args.cache_dir
     if args.preset:
         print(
@@ -218,17 +328,7 @@ def run(args) -> int:
 
     pipe.optimize(channels_last=args.channels_last, compile=args.compile)
     failures = 0
-    for job in jobs:
-        opts = base
-        overrides = {
-            k: type(getattr(base, k))(job[k])
-            for k in ("seed", "speed", "region")
-            if job.get(k) not in (None, "")
-        }
-        if overrides:
-            from dataclasses import replace
-
-            opts = replace(base, **overrides)
+    for job, opts in zip(jobs, options):
         try:
             result = pipe.generate(
                 job["image"],
@@ -242,7 +342,7 @@ def run(args) -> int:
             if len(jobs) == 1:
                 raise
             failures += 1
-            print(f"emo: error: {exc}")
+            print(f"emo: error: {exc}", file=sys.stderr)
             continue
         print(result.summary())
     if failures:

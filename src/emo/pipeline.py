@@ -70,12 +70,27 @@ class GenerationOptions:
                 self.clip_frames >= 1 and self.motion_frames >= 0,
                 "clip and motion frame counts must be positive",
             ),
+            (
+                self.motion_frames <= self.clip_frames,  # motion frames are the previous clip's last n frames
+                f"motion frames ({self.motion_frames}) must be <= clip frames ({self.clip_frames})",
+            ),
             (self.reference_guidance >= 0 and self.audio_guidance >= 0, "guidance scales must be >= 0"),
             (self.decode_chunk >= 1, f"decode chunk must be >= 1, got {self.decode_chunk}"),
+            # torch.Generator.manual_seed's range (outside it torch raises an internal-looking ValueError)
+            (-(2**63) <= self.seed < 2**64, f"--seed must be in [-2^63, 2^64), got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise EmoError(message)
+        from emo.conditioning.face.geometry import Box, box_mask, parse_region
+
+        region = parse_region(self.region)
+        # A box outside the crop would give the Face Locator an all-zero mask, silently; fail before any work.
+        if isinstance(region, Box) and not box_mask(region, self.size).any():
+            raise EmoError(
+                f"--region {self.region} lies outside the {self.size}² crop (x0, y0 must be < "
+                f"{self.size}); give a box in pixels of the crop"
+            )
 
 
 @dataclass(frozen=True)
@@ -319,8 +334,9 @@ class EMOPipeline:
         out_path = Path(out_path)
         if out_path.exists() and not overwrite:
             raise EmoError(f"{out_path} exists; pass --overwrite to replace it")
-        waveform, features = self.prepare_audio(audio_path, opts)  # (F, L, D)
+        # The portrait first: a portrait without a face fails before the (long) wav2vec2 pass.
         portrait = self.prepare_portrait(image_path, opts)
+        waveform, features = self.prepare_audio(audio_path, opts)  # (F, L, D)
         total = features.shape[0]
         f, n = opts.clip_frames, opts.motion_frames
         m = self.model.audio_projector.config.window // 2
