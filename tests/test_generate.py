@@ -230,6 +230,45 @@ def test_audio_held_is_one_row_per_frame_and_windows_one_clip(weights, tmp_path)
     assert biggest <= max(total, passes * f * cfg.window)  # not total * window (a whole-track window)
 
 
+def test_tiny_pipeline_with_wav2vec2_base_shaped_audio(short_audio, tmp_path):
+    """`emo bench generate --audio-shape base`: the tiny model reads 13 x 768 features, as wav2vec2-base gives."""
+    pipe = EMOPipeline.tiny(audio_shape="base")
+    _, features = pipe.prepare_audio(short_audio, FAST)
+    assert features.shape == (15, 13, 768) and features.dtype == torch.float32
+    assert pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", FAST, progress=False).frames == 15
+
+
+def test_bench_generate_passes_the_audio_shape_to_each_child(monkeypatch, capsys):
+    import argparse
+    import json
+
+    from emo import generate_bench
+
+    commands = []
+
+    def child(cmd, **kwargs):
+        commands.append(cmd)
+        row = {
+            "seconds": 2.0,
+            "frames": 20,
+            "peak_rss_mib": 500.0,
+            "peak_gpu_mib": None,
+            "audio_features_mib": 0.8,
+            "audio_shape": [13, 768],
+        }
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(row) + "\n", "")
+
+    monkeypatch.setattr(generate_bench.subprocess, "run", child)
+    parser = argparse.ArgumentParser()
+    generate_bench.add_arguments(parser)
+    assert generate_bench.run(parser.parse_args(["--lengths", "5,60", "--audio-shape", "base"])) == 0
+    assert len(commands) == 2  # one process per length
+    for cmd in commands:
+        child_args = parser.parse_args(cmd[3:])  # after `python -m emo.generate_bench`
+        assert child_args.audio_shape == "base" and child_args.one in (5.0, 60.0)
+    assert "audio features 13 x 768 per frame" in capsys.readouterr().out
+
+
 # -- errors ----------------------------------------------------------------------------------------------
 def test_existing_output_is_kept(pipe, short_audio, tmp_path):
     out = tmp_path / "keep.mp4"

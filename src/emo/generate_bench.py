@@ -1,7 +1,9 @@
 """`emo bench generate`: seconds per frame and peak memory against audio length (tiny preset on CPU by default).
 
 Each audio length runs in its own process so its peak RSS is its own; flat memory means a 60 s track peaks
-about where a 5 s one does (frames are streamed to the encoder, never held).
+about where a 5 s one does (frames are streamed to the encoder, never held). The tiny model's audio features
+are 3 x 32 per frame, too small to show what a long track costs; ``--audio-shape base`` gives it
+wav2vec2-base-shaped ones (13 x 768, about 39 KiB per frame in float32), as a real model holds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=256, help="output side (default 256)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     parser.add_argument("--weights", help="a trained checkpoint instead of the random tiny preset")
+    parser.add_argument(
+        "--audio-shape",
+        default="tiny",
+        choices=["tiny", "base"],
+        help="tiny preset's audio features: tiny (3 x 32) or base (13 x 768, wav2vec2-base's; default tiny)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--audio-guidance", type=float, default=1.0)
@@ -57,22 +65,40 @@ def _run_one(args) -> dict:
         pipe = (
             EMOPipeline.from_weights(args.weights, device=args.device, dtype=dtype)
             if args.weights
-            else EMOPipeline.tiny(args.device, dtype)
+            else EMOPipeline.tiny(args.device, dtype, audio_shape=args.audio_shape)
         )
-        opts = GenerationOptions(steps=args.steps, size=args.size, audio_guidance=args.audio_guidance)
+        opts = GenerationOptions(
+            steps=args.steps, size=args.size, audio_guidance=args.audio_guidance, max_duration=0
+        )
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         result = pipe.generate(args.image, wav, Path(tmp) / "out.mp4", opts, progress=False)
         seconds = time.perf_counter() - start
     gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
-    return {"seconds": seconds, "frames": result.frames, "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": gpu}
+    proj = pipe.model.audio_projector.config
+    # What the track's audio features take (F, L, D in the model dtype), against the peak RSS.
+    features = result.frames * proj.num_layers * proj.feature_dim * dtype.itemsize / 2**20
+    return {
+        "seconds": seconds,
+        "frames": result.frames,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_mib": gpu,
+        "audio_features_mib": features,
+        "audio_shape": [proj.num_layers, proj.feature_dim],
+    }
 
 
 def run(args) -> int:
     if args.one:
         print(json.dumps(_run_one(args)))
         return 0
+    if args.weights and args.audio_shape != "tiny":
+        print(
+            "emo bench generate: --audio-shape is for the tiny preset; a checkpoint's audio shape is its own",
+            file=sys.stderr,
+        )
+        return 2
     rows = []
     for length in [float(x) for x in args.lengths.split(",")]:
         cmd = [
@@ -97,6 +123,8 @@ def run(args) -> int:
             args.audio,
             "--audio-guidance",
             str(args.audio_guidance),
+            "--audio-shape",
+            args.audio_shape,
         ] + (["--weights", args.weights] if args.weights else [])
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
@@ -104,12 +132,17 @@ def run(args) -> int:
             return done.returncode
         rows.append((length, json.loads(done.stdout.strip().splitlines()[-1])))
     model = args.weights or "tiny preset (random)"
-    print(f"{model}, {args.size}², {args.steps} steps, {args.device} {args.dtype}, {args.threads} threads")
+    layers, width = rows[0][1]["audio_shape"]
+    print(
+        f"{model}, {args.size}², {args.steps} steps, {args.device} {args.dtype}, {args.threads} threads, "
+        f"audio features {layers} x {width} per frame"
+    )
     for length, r in rows:
         gpu = f", peak GPU {r['peak_gpu_mib']:.0f} MiB" if r["peak_gpu_mib"] else ""
         print(
             f"  {length:6.1f} s audio: {r['frames']:5d} frames, {r['seconds']:7.1f} s, "
-            f"{r['seconds'] / r['frames']:.3f} s/frame, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}"
+            f"{r['seconds'] / r['frames']:.3f} s/frame, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu} "
+            f"(audio features {r['audio_features_mib']:.0f} MiB)"
         )
     if len(rows) > 1:
         print(

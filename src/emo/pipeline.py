@@ -203,14 +203,17 @@ class EMOPipeline:
         )
 
     @classmethod
-    def tiny(cls, device="cpu", dtype=torch.float32, seed: int = 0, cache_dir=None) -> EMOPipeline:
-        """A random tiny model (smoke runs and tests; its video is noise-like by design)."""
+    def tiny(
+        cls, device="cpu", dtype=torch.float32, seed: int = 0, cache_dir=None, audio_shape: str = "tiny"
+    ) -> EMOPipeline:
+        """A random tiny model (smoke runs and tests; its video is noise-like by design). ``audio_shape="base"``
+        gives it wav2vec2-base-shaped audio features (13 x 768), as a real model holds (benchmarks)."""
         from emo.conditioning.audio import AudioEncoder
         from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 
-        return cls(
-            tiny_emo(seed), tiny_vae(seed), AudioEncoder(tiny_audio_model(seed)), device, dtype, cache_dir
-        )
+        model = tiny_emo(seed, audio_shape=audio_shape)
+        audio = AudioEncoder(tiny_audio_model(seed, audio_shape))
+        return cls(model, tiny_vae(seed), audio, device, dtype, cache_dir)
 
     def optimize(
         self,

@@ -7,15 +7,28 @@ code as the real weights, on CPU in seconds. Outputs of a random model are noise
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from emo.config import tiny
+from emo.config import ModelConfig, tiny
 
 # The zero-initialised pathways of a fresh EMO network; `wake` gives them small random weights so a random
 # tiny model responds to every condition the way a trained one would (for smoke runs and tests).
 ZERO_INITIALISED = r"audio_attn\.to_out|speed_attn\.to_out|motion_modules.*proj_out|face_locator\.conv_out"
+
+# Audio feature shapes, (hidden states, width): the tiny one, or wav2vec2-base's (12 layers + embeddings, 768
+# wide) so the tiny model holds and moves the audio of a real model (`emo bench generate --audio-shape base`).
+AUDIO_SHAPES = {"tiny": (tiny().audio_layers, tiny().audio_feature_dim), "base": (13, 768)}
+
+
+def tiny_config(audio_shape: str = "tiny") -> ModelConfig:
+    """The tiny preset, with audio features of the named shape (see AUDIO_SHAPES)."""
+    if audio_shape not in AUDIO_SHAPES:
+        raise ValueError(f"audio shape {audio_shape!r}; choose one of {', '.join(AUDIO_SHAPES)}")
+    layers, width = AUDIO_SHAPES[audio_shape]
+    return replace(tiny(), audio_layers=layers, audio_feature_dim=width)
 
 
 def tiny_vae(seed: int = 0):
@@ -37,11 +50,12 @@ def tiny_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_audio_model(seed: int = 0):
-    """A wav2vec2-shaped model (the same 320x CNN stride: 50 Hz features) with 2 layers of width 32."""
+def tiny_audio_model(seed: int = 0, audio_shape: str = "tiny"):
+    """A wav2vec2-shaped model (the same 320x CNN stride: 50 Hz features) with 2 layers of width 32, or with
+    wav2vec2-base's 12 layers of width 768 (``audio_shape="base"``; narrow feed-forwards keep it quick)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    cfg = tiny()
+    cfg = tiny_config(audio_shape)
     torch.manual_seed(seed)
     config = Wav2Vec2Config(
         hidden_size=cfg.audio_feature_dim,
@@ -68,11 +82,11 @@ def wake(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn
     return model
 
 
-def tiny_emo(seed: int = 0, awake: bool = True):
+def tiny_emo(seed: int = 0, awake: bool = True, audio_shape: str = "tiny"):
     from emo.models import EMO
 
     torch.manual_seed(seed)
-    model = EMO.from_config(tiny())
+    model = EMO.from_config(tiny_config(audio_shape))
     return wake(model, seed) if awake else model
 
 
