@@ -163,6 +163,32 @@ def test_bfloat16_runs_on_cpu(weights, short_audio, tmp_path):
     assert result.frames == 15
 
 
+def test_dpm_solver_runs_end_to_end(pipe, short_audio, tmp_path):
+    from dataclasses import replace
+
+    ddim, dpm = tmp_path / "ddim.mp4", tmp_path / "dpm.mp4"
+    pipe.generate(PORTRAIT, short_audio, ddim, FAST, progress=False)
+    result = pipe.generate(PORTRAIT, short_audio, dpm, replace(FAST, sampler="dpm++"), progress=False)
+    frames = frames_of(dpm)
+    assert result.frames == len(frames) == math.ceil(1.5 * FAST.fps)
+    assert not np.array_equal(frames, frames_of(ddim))
+
+
+def test_vae_encodes_once_per_video_and_decodes_in_chunks(pipe, short_audio, tmp_path):
+    from dataclasses import replace
+
+    encoded, decoded = [], []
+    encode, decode = pipe.vae.encode, pipe.vae.decode
+    pipe.vae.encode = lambda x, *a, **k: encoded.append(x.shape[0]) or encode(x, *a, **k)
+    pipe.vae.decode = lambda z, *a, **k: decoded.append(z.shape[0]) or decode(z, *a, **k)
+    opts = replace(FAST, decode_chunk=5)
+    for name in ("a", "b"):
+        pipe.generate(PORTRAIT, short_audio, tmp_path / f"{name}.mp4", opts, progress=False)
+    assert encoded == [1, 1]  # the portrait, once per video
+    # Per video: clip 1 keeps 12 frames (5 + 5 + 2), the trimmed clip 2 keeps 3.
+    assert decoded == [5, 5, 2, 3] * 2
+
+
 @pytest.mark.parametrize("total", [1, 5, 11, 12, 15, 24, 25])
 @pytest.mark.parametrize("f, m", [(12, 2), (4, 2), (1, 2), (12, 0), (3, 4)])
 def test_clip_windows_are_the_whole_track_windows(total, f, m):
@@ -532,6 +558,38 @@ def test_cli_missing_input_creates_no_output_folder(weights, tmp_path):
     )
     assert done.returncode == 2 and "none.wav" in done.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_cli_corrupt_input_is_one_error_line_and_no_output(weights, short_audio, tmp_path, kind):
+    corrupt = tmp_path / ("corrupt.jpg" if kind == "image" else "corrupt.wav")
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    inputs = {"image": PORTRAIT, "audio": short_audio, kind: corrupt}
+    out = tmp_path / "out" / "o.mp4"
+    done = run_cli(
+        "--weights",
+        weights,
+        "--image",
+        inputs["image"],
+        "--audio",
+        inputs["audio"],
+        "--out",
+        out,
+        "--size",
+        64,
+        "--steps",
+        1,
+        "--quiet",
+    )
+    assert done.returncode == 2
+    # The face detector's native code logs to stderr on its own (before the audio is read); emo's part is
+    # the one error line, last.
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"emo: error: cannot read {kind} {corrupt}")
+    assert [line for line in lines if line.startswith("emo:")] == lines[
+        -1:
+    ] and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_path):
