@@ -13,7 +13,10 @@ seed the next, no detector per frame), which is what makes ≥30 frames/s possib
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +87,12 @@ class FaceAnalyzer:
             self._graphs[name] = graph
         return self._graphs[name]
 
+    def _process(self, name: str, image: np.ndarray):
+        """Run one graph. Its native logging (glog/TFLite notices on every new graph) is silenced, so a
+        user's terminal shows emo's own lines only (``-v`` keeps it)."""
+        with _native_stderr_silenced():
+            return self._graph(name).process(np.ascontiguousarray(image))
+
     def close(self) -> None:
         for graph in self._graphs.values():
             graph.close()
@@ -98,7 +107,7 @@ class FaceAnalyzer:
     # ----------------------------------------------------------------------------------------------
     def _run_detector(self, name: str, image: np.ndarray) -> list[tuple[Box, float]]:
         h, w = image.shape[:2]
-        result = self._graph(name).process(np.ascontiguousarray(image))
+        result = self._process(name, image)
         found = []
         for detection in result.detections or []:
             rel = detection.location_data.relative_bounding_box
@@ -143,7 +152,7 @@ class FaceAnalyzer:
         crop_box = Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
         size = int(min(max(round(side), 192), 768))  # the mesh sees 192-256 px; more is wasted work
         crop = crop_and_resize(image, crop_box, size)
-        result = self._graph("mesh_image").process(crop)
+        result = self._process("mesh_image", crop)
         if not result.multi_face_landmarks:
             return None
         points = _landmarks_array(result.multi_face_landmarks[0], size, size)  # crop pixels
@@ -163,7 +172,7 @@ class FaceAnalyzer:
         landmarks = self._mesh_in_box(image, boxes[0]) if boxes else None
         if landmarks is None:
             # The detector can miss stylised faces the mesh still finds (and vice versa): last try.
-            result = self._graph("mesh_image").process(np.ascontiguousarray(image))
+            result = self._process("mesh_image", image)
             if not result.multi_face_landmarks:
                 return None
             landmarks = _landmarks_array(result.multi_face_landmarks[0], image.shape[1], image.shape[0])
@@ -178,16 +187,34 @@ class FaceAnalyzer:
         ``num_faces`` (None on the other frames); the main face is always the tracked one. Frames where
         tracking finds nothing fall back to :meth:`analyze` (detector + mesh on a crop).
         """
-        mesh = self._graph("mesh_video")
         for index, frame in enumerate(frames):
             frame = np.ascontiguousarray(frame)
             num_faces = len(self.detect(frame)) if detect_every > 0 and index % detect_every == 0 else None
-            result = mesh.process(frame)
+            result = self._process("mesh_video", frame)
             if result.multi_face_landmarks:
                 landmarks = _landmarks_array(result.multi_face_landmarks[0], frame.shape[1], frame.shape[0])
                 yield _observation(landmarks, num_faces)
             else:
                 yield self.analyze(frame)
+
+
+@contextmanager
+def _native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null for the duration (MediaPipe's C++ logging writes there
+    directly, past Python's sys.stderr); with debug logging on, leave it alone."""
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _landmarks_array(face_landmarks, width: int, height: int) -> np.ndarray:
