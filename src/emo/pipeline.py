@@ -23,6 +23,7 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from emo.conditioning.temporal import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
@@ -381,14 +382,11 @@ class EMOPipeline:
 def clip_window(features: torch.Tensor, start: int, length: int, m: int) -> torch.Tensor:
     """Audio windows of frames start .. start+length-1: (F, L, D) -> (length, 2m+1, L, D).
 
-    Frame t gets features[clamp(t-m .. t+m, 0, F-1)] (EMO Sec. 3.2, as ``window`` in
-    emo.conditioning.temporal). Frames past the end (the last clip filled out to f frames, never written)
-    repeat the last frame's window, as the whole-track ``window`` padded with its last row did.
+    Frames past the end (the last clip filled out to f frames, never written) repeat the last frame's
+    window, as the whole-track window padded with its last row did.
     """
-    total = features.shape[0]
-    frames = torch.arange(start, start + length).clamp(max=total - 1)  # (length,)
-    index = (frames[:, None] + torch.arange(-m, m + 1)).clamp(0, total - 1)  # (length, 2m+1)
-    return features[index]  # (length, 2m+1, L, D)
+    frames = torch.arange(start, start + length).clamp(max=features.shape[0] - 1)  # (length,)
+    return window(features, m, frames)  # (length, 2m+1, L, D)
 
 
 def _select(features: ReferenceFeatures, index: int) -> ReferenceFeatures:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emo.conditioning.temporal import window_index
 from emo.data.clips import AUDIO_FEATURES, META, read_frames
 from emo.data.manifest import read_manifest
 from emo.errors import EmoError
@@ -196,8 +197,8 @@ class VideoClipDataset(_ClipDataset):
 
         # Window of the current frames, replicate-padded at the clip ends only: index[t, j] is the frame
         # feeding position j of current frame t (same as temporal.window over the whole clip, sliced).
-        current = np.arange(start + self.n, start + length)  # (f,)
-        index_map = np.clip(current[:, None] + np.arange(-self.m, self.m + 1), 0, total - 1)  # (f, 2m+1)
+        current = torch.arange(start + self.n, start + length)  # (f,)
+        index_map = window_index(current, total, self.m).numpy()  # (f, 2m+1)
         lo, hi = int(index_map.min()), int(index_map.max()) + 1
         with safe_open(str(self.root / clip["path"] / AUDIO_FEATURES), framework="pt") as f:
             features = f.get_slice("features")[lo:hi]  # (hi-lo, L, D), only the rows we need
