@@ -281,15 +281,15 @@ def test_tiny_pipeline_with_wav2vec2_base_shaped_audio(short_audio, tmp_path):
 
 def test_bench_generate_passes_the_audio_shape_to_each_child(monkeypatch, capsys):
     import argparse
-    import json
 
     from emo import generate_bench
 
     commands = []
 
-    def child(cmd, **kwargs):
-        commands.append(cmd)
-        row = {
+    def child(module, argv):
+        commands.append(argv)
+        assert module == "emo.generate_bench"
+        return {
             "seconds": 2.0,
             "frames": 20,
             "peak_rss_mib": 500.0,
@@ -297,15 +297,14 @@ def test_bench_generate_passes_the_audio_shape_to_each_child(monkeypatch, capsys
             "audio_features_mib": 0.8,
             "audio_shape": [13, 768],
         }
-        return subprocess.CompletedProcess(cmd, 0, json.dumps(row) + "\n", "")
 
-    monkeypatch.setattr(generate_bench.subprocess, "run", child)
+    monkeypatch.setattr(generate_bench, "measure_in_child", child)
     parser = argparse.ArgumentParser()
     generate_bench.add_arguments(parser)
     assert generate_bench.run(parser.parse_args(["--lengths", "5,60", "--audio-shape", "base"])) == 0
     assert len(commands) == 2  # one process per length
-    for cmd in commands:
-        child_args = parser.parse_args(cmd[3:])  # after `python -m emo.generate_bench`
+    for argv in commands:
+        child_args = parser.parse_args(argv)
         assert child_args.audio_shape == "base" and child_args.one in (5.0, 60.0)
     assert "audio features 13 x 768 per frame" in capsys.readouterr().out
 

@@ -9,11 +9,13 @@ wav2vec2-base-shaped ones (13 x 768, about 39 KiB per frame in float32), as a re
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from emo.errors import EmoError
+from emo.resources import child_main, measure_in_child
 
 HELP = "generation s/frame and peak memory for short vs long audio"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -94,17 +96,10 @@ def run(args) -> int:
         print(json.dumps(_run_one(args)))
         return 0
     if args.weights and args.audio_shape != "tiny":
-        print(
-            "emo bench generate: --audio-shape is for the tiny preset; a checkpoint's audio shape is its own",
-            file=sys.stderr,
-        )
-        return 2
+        raise EmoError("--audio-shape is for the tiny preset; a checkpoint's audio shape is its own")
     rows = []
     for length in [float(x) for x in args.lengths.split(",")]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "emo.generate_bench",
+        argv = [
             "--one",
             str(length),
             "--size",
@@ -126,11 +121,7 @@ def run(args) -> int:
             "--audio-shape",
             args.audio_shape,
         ] + (["--weights", args.weights] if args.weights else [])
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            print(done.stderr, file=sys.stderr)
-            return done.returncode
-        rows.append((length, json.loads(done.stdout.strip().splitlines()[-1])))
+        rows.append((length, measure_in_child("emo.generate_bench", argv)))
     model = args.weights or "tiny preset (random)"
     layers, width = rows[0][1]["audio_shape"]
     print(
@@ -152,8 +143,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":  # the per-measurement child process
-    import argparse
-
-    _parser = argparse.ArgumentParser()
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    sys.exit(child_main(add_arguments, run, "python -m emo.generate_bench"))
