@@ -157,8 +157,9 @@ class AudioEncoder:
         return x  # (N,)
 
     @torch.inference_mode()
-    def _conv0_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and variance of the first CNN layer's output over the WHOLE waveform.
+    def _conv0_folded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first CNN layer's conv and GroupNorm as one conv (weight (C, 1, k), bias (C,)), normalising
+        with the per-channel mean and variance of its output over the WHOLE waveform.
 
         wav2vec2-base's first conv layer ends in a GroupNorm with one group per channel, which normalises
         over time: run per chunk it would use per-chunk statistics and chunk boundaries would show. We
@@ -166,7 +167,7 @@ class AudioEncoder:
         exactly independent of chunking. The conv is linear, h_c(t) = w_c·x_t + b_c over the input
         windows x_t, so mean and variance follow from the mean m and second moment S = E[x_t x_tᵀ] of
         the windows (k×k, k = 10): E[h_c] = w_c·m + b_c, E[h_c²] = w_cᵀ S w_c + 2 b_c w_c·m + b_c².
-        No (C, T) activation is ever formed.
+        No (C, T) activation is ever formed for them.
         """
         conv = self.model.feature_extractor.conv_layers[0].conv
         kernel, stride = conv.kernel_size[0], conv.stride[0]
@@ -187,20 +188,25 @@ class AudioEncoder:
         )
         mean = w @ m + b
         square = torch.einsum("ck,kl,cl->c", w, s, w) + 2 * b * (w @ m) + b * b
-        return mean.to(self.device), (square - mean * mean).clamp_min(0).to(self.device)
+        var = (square - mean * mean).clamp_min(0)
+        # Fold normalisation and the norm's affine into the conv: gamma (w x + b - mean) / std + beta.
+        norm = self.model.feature_extractor.conv_layers[0].layer_norm
+        scale = norm.weight.detach().double().cpu() / torch.sqrt(var + norm.eps)  # (C,)
+        folded_weight = (w * scale[:, None])[:, None]  # (C, 1, k)
+        folded_bias = (b - mean) * scale + norm.bias.detach().double().cpu()
+        return folded_weight.to(self.device, self.dtype), folded_bias.to(self.device, self.dtype)
 
     @torch.inference_mode()
-    def _cnn(self, segment: torch.Tensor, stats) -> torch.Tensor:
+    def _cnn(self, segment: torch.Tensor, folded) -> torch.Tensor:
         layers = self.model.feature_extractor.conv_layers
         h = segment[None, None].to(self.device, self.dtype)  # (1, 1, n)
-        if stats is None:  # layer-norm CNN (large models): already local, chunking is exact
+        if folded is None:  # layer-norm CNN (large models): already local, chunking is exact
             return self.model.feature_extractor(h[:, 0])  # (1, C, t)
         first = layers[0]
-        mean, var = stats
-        h = first.conv(h)  # (1, C, t0)
-        norm = first.layer_norm
-        h = (h - mean[:, None].to(h.dtype)) / torch.sqrt(var[:, None].to(h.dtype) + norm.eps)
-        h = first.activation(h * norm.weight[:, None] + norm.bias[:, None])
+        weight, bias = folded
+        # conv -> normalise with the global statistics -> affine, folded into one conv: the (C, t0) output at
+        # 3.2 kHz is the largest tensor of the whole encoder, and each elementwise pass over it costs.
+        h = first.activation(torch.nn.functional.conv1d(h, weight, bias, stride=first.conv.stride))
         for layer in layers[1:]:
             h = layer(h)
         return h  # (1, C, t)
@@ -237,7 +243,7 @@ class AudioEncoder:
         sees the context twice.
         """
         x = self._prepare(waveform_16k)
-        stats = self._conv0_statistics(x) if self.model.config.feat_extract_norm == "group" else None
+        folded = self._conv0_folded(x) if self.model.config.feat_extract_norm == "group" else None
         total = _num_frames_50hz(x.numel())
         core = max(1, int(round(self.chunk.chunk_seconds * FRAME_RATE)))
         context = max(0, int(round(self.chunk.context_seconds * FRAME_RATE)))
@@ -252,7 +258,7 @@ class AudioEncoder:
             if f1 > computed:
                 # Frames computed..f1-1 need samples [HOP·computed, HOP·(f1-1) + RECEPTIVE_FIELD).
                 segment = x[HOP * computed : HOP * (f1 - 1) + RECEPTIVE_FIELD]
-                cnn = torch.cat([cnn, self._cnn(segment, stats)], dim=-1)
+                cnn = torch.cat([cnn, self._cnn(segment, folded)], dim=-1)
             cnn, cnn_start = cnn[..., f0 - cnn_start :], f0  # drop frames no later chunk needs
             features = self._transformer(cnn[..., : f1 - f0])  # (f1 - f0, L, D)
             yield c0, features[c0 - f0 : c1 - f0]
