@@ -370,3 +370,36 @@ def test_trainable_components_are_named(model):
 
 def test_tiny_preset_is_small():
     assert sum(p.numel() for p in EMO.from_config(CFG).parameters()) < 5e6
+
+
+# -- speed-ups that must not change results ---------------------------------------------------------------
+def test_shared_reference_tokens_equal_a_concatenated_context():
+    from emo.models.attention import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(32, heads=4)
+    frames, x, shared = 3, torch.randn(2 * 3, 10, 32), torch.randn(2, 7, 32)
+    expected = attention(x, torch.cat([x, shared.repeat_interleave(frames, dim=0)], dim=1))
+    assert torch.allclose(attention(x, shared=shared, repeats=frames), expected, atol=1e-6)
+
+
+def test_temporal_attention_of_the_current_frames_only_is_their_rows_of_the_full_one():
+    from emo.models.temporal import TemporalAttention
+
+    torch.manual_seed(0)
+    attention = TemporalAttention(32, heads=4, max_len=16)
+    batch, frames, current, tokens = 2, 7, 5, 6
+    x = torch.randn(batch * frames, tokens, 32)
+    full = attention(x, frames).view(batch, frames, tokens, 32)[:, frames - current :]
+    assert torch.allclose(attention(x, frames, current).view(batch, current, tokens, 32), full, atol=1e-6)
+
+
+def test_every_backbone_convolution_sees_nchw_memory(model):
+    # Token <-> image rearranges leave channels-last strides; convolutions fed those run against NCHW
+    # weights with a weight reorder per call (measured 2x slower on CPU). The default layout must hold.
+    layouts = []
+    for name, module in model.backbone.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_pre_hook(lambda m, args, name=name: layouts.append((name, args[0].is_contiguous())))
+    run(model, inputs())
+    assert layouts and [name for name, ok in layouts if not ok] == []

@@ -20,6 +20,18 @@ def zero_(module: nn.Module) -> nn.Module:
     return module
 
 
+def tokens_to_image(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N, H*W, C) tokens -> (N, C, H, W) in the memory format of ``like`` (the block's input).
+
+    The rearranged view alone has channels-last strides; left so, every later convolution would run
+    channels-last against NCHW weights (a weight reorder per call: 2x slower on CPU, measured). With
+    ``--channels-last`` the view already is the wanted layout and nothing is copied.
+    """
+    image = rearrange(tokens, "n (h w) c -> n c h w", h=like.shape[-2], w=like.shape[-1])
+    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    return image.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 class Attention(nn.Module):
     """Multi-head attention; `context` defaults to the queries' own tokens (self-attention)."""
 
@@ -34,9 +46,21 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
         self.to_out = nn.ModuleList([nn.Linear(query_dim, query_dim), nn.Dropout(0.0)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context  # (B, N, C), (B, M, Cc)
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, N, C) queries
+        context: torch.Tensor | None = None,  # (B, M, Cc) keys/values; default x itself
+        shared: torch.Tensor | None = None,  # (B / r, S, Cc) more keys/values, one set per r query rows
+        repeats: int = 1,  # r
+    ) -> torch.Tensor:
+        """Attention of x to context, and to ``shared`` tokens when given: the keys/values of
+        ``cat([context, shared.repeat_interleave(r)])``, with the shared ones projected once per group
+        rather than once per row (the reference image is one per video, its frames are r rows)."""
+        context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if shared is not None:
+            k = torch.cat([k, self.to_k(shared).repeat_interleave(repeats, dim=0)], dim=1)  # (B, M+S, C)
+            v = torch.cat([v, self.to_v(shared).repeat_interleave(repeats, dim=0)], dim=1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "b h n d -> b n (h d)")
@@ -105,12 +129,10 @@ class SpatialTransformerBlock(nn.Module):
         h = self.norm1(x)
         if collect is not None:
             collect[self.name] = h
-        context = None
-        if reference is not None:
-            ref = reference[self.name]  # (B, N_ref, C): one reference per video, shared by its frames
-            ref = ref.repeat_interleave(num_frames, dim=0)
-            context = torch.cat([h, ref.to(h.dtype)], dim=1)
-        x = x + self.attn1(h, context)
+        # Reference-attention: keys/values are the frame's tokens and its video's reference tokens
+        # (B, N_ref, C), one reference per video, shared by its frames.
+        ref = reference[self.name].to(h.dtype) if reference is not None else None
+        x = x + self.attn1(h, shared=ref, repeats=num_frames)
         if self.audio_attn is not None and audio_tokens is not None:
             x = x + self.audio_attn(self.norm_audio(x), audio_tokens.to(x.dtype))
         return x + self.ff(self.norm3(x))
@@ -129,10 +151,8 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x, num_frames, reference, audio_tokens, collect):  # x: ((B F), C, H, W)
-        height, width = x.shape[-2:]
         residual = x
         h = rearrange(self.proj_in(self.norm(x)), "n c h w -> n (h w) c")
         for block in self.transformer_blocks:
             h = block(h, num_frames, reference, audio_tokens, collect)
-        h = rearrange(h, "n (h w) c -> n c h w", h=height, w=width)
-        return self.proj_out(h) + residual
+        return self.proj_out(tokens_to_image(h, x)) + residual
