@@ -275,7 +275,7 @@ def test_tiny_pipeline_with_wav2vec2_base_shaped_audio(short_audio, tmp_path):
     """`emo bench generate --audio-shape base`: the tiny model reads 13 x 768 features, as wav2vec2-base gives."""
     pipe = EMOPipeline.tiny(audio_shape="base")
     _, features = pipe.prepare_audio(short_audio, FAST)
-    assert features.shape == (15, 13, 768) and features.dtype == torch.float32
+    assert features.shape == (15, 13, 768) and features.dtype == torch.float16  # as emo preprocess stores them
     assert pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", FAST, progress=False).frames == 15
 
 

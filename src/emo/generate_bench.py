@@ -3,7 +3,7 @@
 Each audio length runs in its own process so its peak RSS is its own; flat memory means a 60 s track peaks
 about where a 5 s one does (frames are streamed to the encoder, never held). The tiny model's audio features
 are 3 x 32 per frame, too small to show what a long track costs; ``--audio-shape base`` gives it
-wav2vec2-base-shaped ones (13 x 768, about 39 KiB per frame in float32), as a real model holds.
+wav2vec2-base-shaped ones (13 x 768, about 20 KiB per frame in float16), as a real model holds.
 """
 
 from __future__ import annotations

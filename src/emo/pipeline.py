@@ -238,7 +238,10 @@ class EMOPipeline:
     def prepare_audio(
         self, audio_path: str | Path, opts: GenerationOptions
     ) -> tuple[np.ndarray, torch.Tensor]:
-        """Waveform (16 kHz mono) and per-frame features (F, L, D) on the CPU in the model's dtype.
+        """Waveform (16 kHz mono) and per-frame features (F, L, D), float16 on the CPU.
+
+        float16 as in the training data (emo preprocess stores features so): the model sees the features
+        it was trained on, and a long track holds 20 kB a frame (wav2vec2-base) instead of 40.
 
         Not windowed here: a (F, 2m+1, L, D) copy would be 2m+1 times the features (3.6 GB per 10 min
         at 30 fps for wav2vec2-base in float32); :func:`clip_window` gathers one clip's windows at a time.
@@ -251,14 +254,16 @@ class EMOPipeline:
                 "pass --max-duration 0 (no limit) or a larger value to generate it anyway"
             )
         num_frames = num_frames_for(duration, opts.fps)
-        features = self.audio_encoder.frame_features(waveform, opts.fps, num_frames, cache_dir=self.cache_dir)
+        features = self.audio_encoder.frame_features(
+            waveform, opts.fps, num_frames, cache_dir=self.cache_dir, dtype=torch.float16
+        )
         proj = self.model.audio_projector.config
         if features.shape[1:] != (proj.num_layers, proj.feature_dim):
             raise EmoError(
                 f"the audio encoder gives {features.shape[1]} layers x {features.shape[2]} features, the "
                 f"model expects {proj.num_layers} x {proj.feature_dim}: use the wav2vec2 it was trained with"
             )
-        return waveform, features.to(self.dtype)  # bfloat16 halves what a long track holds
+        return waveform, features
 
     def prepare_portrait(self, image_path: str | Path, opts: GenerationOptions):
         from emo.conditioning.face import prepare_portrait
@@ -367,7 +372,7 @@ class EMOPipeline:
         ) as writer:
             for clip in range(clips):
                 noise = torch.randn(1, f, 4, h, w, generator=generator).to(self.device)
-                audio = clip_window(features, clip * f, f, m)[None].to(self.device)  # (1, f, 2m+1, L, D)
+                audio = clip_window(features, clip * f, f, m)[None].to(self.device, self.dtype)  # (1, f, 2m+1, L, D)
                 latents = self.denoise_clip(noise, audio, speed, mask, reference, motion, opts, bar)
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
