@@ -79,8 +79,8 @@ def _run_one(args) -> dict:
         seconds = time.perf_counter() - start
     gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
     proj = pipe.model.audio_projector.config
-    # What the track's audio features take (F, L, D in the model dtype), against the peak RSS.
-    features = result.frames * proj.num_layers * proj.feature_dim * dtype.itemsize / 2**20
+    # What the track's audio features take (F, L, D, float16 as generation holds them), against the peak RSS.
+    features = result.frames * proj.num_layers * proj.feature_dim * torch.float16.itemsize / 2**20
     return {
         "seconds": seconds,
         "frames": result.frames,
