@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from emo.conditioning.audio import AudioEncoder, ChunkConfig
-from emo.conditioning.temporal import window
+from emo.conditioning.audio_features import AudioEncoder, ChunkConfig
+from emo.conditioning.windows import window
 from emo.errors import EmoError
 from emo.media import load_audio
 from emo.tiny import tiny_audio_model

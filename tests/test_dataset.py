@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emo.conditioning.temporal import window
+from emo.conditioning.windows import window
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
 from emo.data.dataset import Stage1Dataset, VideoClipDataset

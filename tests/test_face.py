@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from emo.conditioning.face import (
@@ -22,7 +21,6 @@ from emo.conditioning.face import (
     rotation_speed,
     square_crop_box,
 )
-from emo.conditioning.speed import bucket_centres, speed_buckets
 from emo.errors import EmoError
 from emo.media import iter_video_frames, load_image
 
@@ -166,16 +164,6 @@ def test_expressive_clip_moves_faster_than_calm_speech(analyzer):
         means[name] = float(rotation_speed(rotations, src_fps=25, target_fps=30).mean())
     print("mean rotation speed (deg/frame at 30 fps):", means)
     assert means["face_expressive_4s.mp4"] > means["face_calm_speech_4s.mp4"]
-
-
-def test_speed_buckets_encode_where_a_speed_lies():
-    centres = bucket_centres()
-    encoded = speed_buckets(torch.tensor([0.0, 1.0, 2.0]))  # (3, 9)
-    assert encoded.shape == (3, 9)
-    # Each bucket says "above (+) or below (-) my centre"; at a centre it is exactly 0.
-    assert torch.allclose(encoded[1, 4], torch.tensor(0.0), atol=1e-6) and centres[4] == 1.0
-    assert (encoded[1, :4] > 0).all() and (encoded[1, 5:] < 0).all()
-    assert (encoded[2] >= encoded[1]).all() and (encoded[1] >= encoded[0]).all()
 
 
 def test_no_face_fails_with_region_hint_and_full_region_works(analyzer, tmp_path):

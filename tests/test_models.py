@@ -11,6 +11,7 @@ from emo.config import sd15, tiny
 from emo.errors import EmoError
 from emo.models import EMO, Conditioning
 from emo.models.loading import load_motion_module, load_sd15, read_state_dict
+from emo.models.speed_encoder import bucket_centres, speed_buckets
 from emo.models.unet import EMOUNet
 from models_helpers import animatediff_layout, diffusers_to_ldm_unet, tiny_diffusers_unet
 
@@ -368,6 +369,16 @@ def test_trainable_components_are_named(model):
         model.set_trainable(["backbone.tmporal"])
 
 
+def test_speed_buckets_encode_where_a_speed_lies():
+    centres = bucket_centres()
+    encoded = speed_buckets(torch.tensor([0.0, 1.0, 2.0]))  # (3, 9)
+    assert encoded.shape == (3, 9)
+    # Each bucket says "above (+) or below (-) my centre"; at a centre it is exactly 0.
+    assert torch.allclose(encoded[1, 4], torch.tensor(0.0), atol=1e-6) and centres[4] == 1.0
+    assert (encoded[1, :4] > 0).all() and (encoded[1, 5:] < 0).all()
+    assert (encoded[2] >= encoded[1]).all() and (encoded[1] >= encoded[0]).all()
+
+
 def test_tiny_preset_is_small():
     assert sum(p.numel() for p in EMO.from_config(CFG).parameters()) < 5e6
 
@@ -384,7 +395,7 @@ def test_shared_reference_tokens_equal_a_concatenated_context():
 
 
 def test_temporal_attention_of_the_current_frames_only_is_their_rows_of_the_full_one():
-    from emo.models.temporal import TemporalAttention
+    from emo.models.temporal_module import TemporalAttention
 
     torch.manual_seed(0)
     attention = TemporalAttention(32, heads=4, max_len=16)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emo.conditioning.temporal import window_index
+from emo.conditioning.windows import window_index
 from emo.data.clips import AUDIO_FEATURES, META, read_frames
 from emo.data.manifest import read_manifest
 from emo.errors import EmoError
@@ -116,7 +116,7 @@ class VideoClipDataset(_ClipDataset):
 
     Item: ``dict(frames=(n+f, 3, H, W), reference=(3, H, W), mask=(1, H, W), audio=(f, 2m+1, L, D),
     speed=(f, 2m+1), clip_id=str)``. ``audio`` equals ``window(features_of_whole_clip, m)`` sliced to
-    the f current frames (emo.conditioning.temporal.window), so the ±m context of a window's edge frames
+    the f current frames (emo.conditioning.windows.window), so the ±m context of a window's edge frames
     comes from the real neighbouring frames, and only the clip's own ends are replicate-padded;
     ``speed`` (degrees per frame at the dataset fps) is windowed the same way.
 

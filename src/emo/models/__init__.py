@@ -13,9 +13,9 @@ _HOMES = {
     "Conditioning": "emo.models.emo",
     "ReferenceFeatures": "emo.models.emo",
     "EMOUNet": "emo.models.unet",
-    "AudioProjector": "emo.models.audio",
+    "AudioProjector": "emo.models.audio_projector",
     "FaceLocator": "emo.models.face_locator",
-    "SpeedEncoder": "emo.models.speed",
+    "SpeedEncoder": "emo.models.speed_encoder",
 }
 __all__ = list(_HOMES)
 

@@ -16,10 +16,10 @@ from torch import nn
 
 from emo.config import ModelConfig
 from emo.errors import EmoError
-from emo.models.audio import AudioProjector
+from emo.models.audio_projector import AudioProjector
 from emo.models.face_locator import FaceLocator
 from emo.models.loading import WEIGHT_LOAD_ERRORS
-from emo.models.speed import SpeedEncoder
+from emo.models.speed_encoder import SpeedEncoder
 from emo.models.unet import EMOUNet
 
 # Trainable units a stage can name (EMO.md §3).

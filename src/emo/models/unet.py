@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from emo.models.attention import SpatialTransformer
-from emo.models.temporal import TemporalModule
+from emo.models.temporal_module import TemporalModule
 
 
 @dataclass

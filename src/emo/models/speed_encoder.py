@@ -1,9 +1,8 @@
 """Speed encoder (EMO Sec. 3.3): head rotation speed -> per-frame speed tokens for the speed layers.
 
-Each frame's speed and its +-m neighbours are bucket-encoded (s_i = tanh(3 (w - c_i) / r_i), see
-emo.conditioning.speed) and mapped by an MLP to one token per window slot (plus a learned slot
-embedding), so the speed layer's cross-attention has 2m+1 keys per frame rather than a single one (a
-single key would make the attention weights constant).
+Each frame's speed and its +-m neighbours are bucket-encoded (`speed_buckets`) and mapped by an MLP to
+one token per window slot (plus a learned slot embedding), so the speed layer's cross-attention has 2m+1
+keys per frame rather than a single one (a single key would make the attention weights constant).
 """
 
 from __future__ import annotations
@@ -14,7 +13,24 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from emo.conditioning.speed import speed_buckets
+
+def bucket_centres(num_buckets: int = 9, max_speed: float = 2.0) -> torch.Tensor:
+    """Centres c_i, evenly spaced over [0, max_speed] (degrees per frame)."""
+    if num_buckets < 2:
+        raise ValueError(f"num_buckets must be >= 2, got {num_buckets}")
+    return torch.linspace(0.0, max_speed, num_buckets)
+
+
+def speed_buckets(speed: torch.Tensor, num_buckets: int = 9, max_speed: float = 2.0) -> torch.Tensor:
+    """Encode speeds (any shape, degrees per frame) as (..., num_buckets) values in (-1, 1).
+
+    The paper's d buckets, s_i = tanh(3 (w - c_i) / r_i): each says softly "is w above or below centre
+    c_i". The paper does not give c_i or r_i; ours: centres evenly spaced over [0, max_speed] and each
+    radius equal to the spacing (EMO.md §2).
+    """
+    centres = bucket_centres(num_buckets, max_speed).to(device=speed.device, dtype=torch.float32)
+    radius = max_speed / (num_buckets - 1)
+    return torch.tanh(3.0 * (speed.float().unsqueeze(-1) - centres) / radius)
 
 
 class SpeedEncoder(ModelMixin, ConfigMixin):
