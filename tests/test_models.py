@@ -10,7 +10,9 @@ import torch
 from emo.config import sd15, tiny
 from emo.errors import EmoError
 from emo.models import EMO, Conditioning
+from emo.models.attention import zero_initialised_parameters
 from emo.models.loading import load_motion_module, load_sd15, read_state_dict
+from emo.models.pathways import PATHWAYS, parameter_pathways
 from emo.models.speed_encoder import bucket_centres, speed_buckets
 from emo.models.unet import EMOUNet
 from models_helpers import animatediff_layout, diffusers_to_ldm_unet, tiny_diffusers_unet
@@ -35,16 +37,19 @@ def model(sd_folder):
     return m
 
 
-def perturb(module: torch.nn.Module, pattern: str, scale: float = 0.2, seed: int = 1) -> None:
-    """Wake up zero-initialised layers whose parameter names match `pattern`."""
+def perturb(model: EMO, *components: str, scale: float = 0.2, seed: int = 1) -> None:
+    """Wake up the zero-initialised layers of the named components (default: all of them)."""
+    groups = model.parameter_groups()
+    chosen = {id(p) for name in components or groups for p in groups[name]}
+    asleep = set(zero_initialised_parameters(model))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         hits = 0
-        for name, p in module.named_parameters():
-            if re.search(pattern, name):
+        for name, p in model.named_parameters():
+            if name in asleep and id(p) in chosen:
                 p.add_(torch.randn(p.shape, generator=gen) * scale)
                 hits += 1
-    assert hits, f"no parameter matches {pattern}"
+    assert hits, f"no zero-initialised parameter in {components}"
 
 
 def inputs(seed=0, frames=F):
@@ -248,7 +253,7 @@ def test_new_pathways_start_as_no_ops(model):
 
 
 def test_audio_reaches_its_own_frame_through_audio_attention_only(model):
-    perturb(model, r"audio_attn\.to_out")
+    perturb(model, "backbone.audio")
     x = inputs()
     base = run(model, x, motion=False)
     y = dict(x, audio=x["audio"].clone())
@@ -256,14 +261,14 @@ def test_audio_reaches_its_own_frame_through_audio_attention_only(model):
     diff = (run(model, y, motion=False) - base).abs().amax(dim=(0, 2, 3, 4))  # per frame
     assert diff[2] > 1e-3
     assert torch.all(diff[[0, 1, 3, 4, 5]] == 0)  # temporal modules still zero: no leak across frames
-    perturb(model, r"motion_modules.*proj_out")
+    perturb(model, "backbone.temporal")
     base = run(model, x, motion=False)
     diff = (run(model, y, motion=False) - base).abs().amax(dim=(0, 2, 3, 4))
     assert diff[2] > 1e-3 and torch.all(diff[[0, 1, 3, 4, 5]] > 1e-6)  # now through temporal attention
 
 
 def test_motion_frames_change_the_current_frames(model):
-    perturb(model, r"motion_modules.*proj_out")
+    perturb(model, "backbone.temporal")
     x = inputs()
     y = dict(x, motion=x["motion"] + 1.0)
     diff = (run(model, x) - run(model, y)).abs().amax(dim=(0, 2, 3, 4))
@@ -279,16 +284,16 @@ def test_reference_image_changes_every_frame(model):
 
 
 def test_speed_layers_change_the_output(model):
-    perturb(model, r"motion_modules.*proj_out")
+    perturb(model, "backbone.temporal")
     x = inputs()
     assert torch.equal(run(model, x), run(model, dict(x, speed=x["speed"] + 0.5)))  # zero-initialised
-    perturb(model, r"speed_attn\.to_out")
+    perturb(model, "backbone.speed")
     diff = (run(model, x) - run(model, dict(x, speed=x["speed"] + 0.5))).abs().max()
     assert diff > 1e-4
 
 
 def test_face_mask_changes_the_output(model):
-    perturb(model, r"face_locator\.conv_out")
+    perturb(model, "face_locator")
     x = inputs()
     assert (run(model, x) - run(model, dict(x, mask=1 - x["mask"]))).abs().max() > 1e-4
 
@@ -301,7 +306,7 @@ def test_frame_counts_come_from_the_inputs(model):
 
 # -- 3. round-trips ---------------------------------------------------------------------------------------
 def test_save_load_round_trip_is_exact(model, tmp_path):
-    perturb(model, r"audio_attn\.to_out|speed_attn\.to_out|proj_out|face_locator\.conv_out")
+    perturb(model)
     model.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt/backbone/diffusion_pytorch_model.safetensors").is_file()
     loaded = EMO.from_pretrained(tmp_path / "ckpt").eval()
@@ -334,7 +339,7 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients(model, monke
         return torch.utils.checkpoint.checkpoint(*args, **kwargs)
 
     monkeypatch.setattr(unet_module, "checkpoint", counting_checkpoint)
-    perturb(model, r"audio_attn\.to_out|speed_attn\.to_out|motion_modules.*proj_out|face_locator\.conv_out")
+    perturb(model, "backbone.audio", "backbone.speed", "backbone.temporal", "face_locator")
     model.train()
     x = inputs()
 
@@ -363,10 +368,42 @@ def test_trainable_components_are_named(model):
     params = model.set_trainable(["backbone.temporal", "audio_projector"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert len(params) == len(trainable)
-    assert all(".motion_modules." in n or n.startswith("audio_projector.") for n in trainable)
-    assert not any(".speed_attn." in n for n in trainable)
+    temporal = {f"backbone.{n}" for n, pathway in parameter_pathways(model.backbone).items() if pathway == "temporal"}
+    assert trainable == temporal | {f"audio_projector.{n}" for n, _ in model.audio_projector.named_parameters()}
     with pytest.raises(EmoError, match="backbone.tmporal"):
         model.set_trainable(["backbone.tmporal"])
+
+
+def test_pathways_are_the_modules_they_are_declared_on(model):
+    """Temporal modules are `temporal` but for their speed layers, audio-attention layers are `audio`, all
+    else (SD1.5's layers) `spatial`: told by module type, not by parameter name."""
+    from emo.models.attention import SpatialTransformerBlock
+    from emo.models.temporal_module import TemporalModule, TemporalTransformerBlock
+
+    expected = {}
+
+    def mark(prefix: str, module: torch.nn.Module, pathway: str) -> None:
+        expected.update({f"{prefix}.{name}": pathway for name, _ in module.named_parameters()})
+
+    for prefix, module in model.backbone.named_modules():  # parents before children: children override
+        if isinstance(module, TemporalModule):
+            mark(prefix, module, "temporal")
+        elif isinstance(module, TemporalTransformerBlock):
+            mark(f"{prefix}.speed_attn", module.speed_attn, "speed")
+            mark(f"{prefix}.speed_norm", module.speed_norm, "speed")
+        elif isinstance(module, SpatialTransformerBlock):
+            mark(f"{prefix}.audio_attn", module.audio_attn, "audio")
+            mark(f"{prefix}.norm_audio", module.norm_audio, "audio")
+    pathways = parameter_pathways(model.backbone)
+    assert pathways == {name: expected.get(name, "spatial") for name, _ in model.backbone.named_parameters()}
+    assert set(pathways.values()) == set(PATHWAYS)
+    assert set(parameter_pathways(model.reference_net).values()) == {"spatial"}
+
+
+def test_a_parameter_of_no_pathway_is_an_error(model):
+    model.backbone.mid_block.extra = torch.nn.Linear(2, 2)  # a container, not a declared module
+    with pytest.raises(ValueError, match=r"mid_block\.extra\.weight belongs to no pathway"):
+        model.set_trainable(["backbone.spatial"])
 
 
 def test_speed_buckets_encode_where_a_speed_lies():

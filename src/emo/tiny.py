@@ -6,17 +6,12 @@ code as the real weights, on CPU in seconds. Outputs of a random model are noise
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from emo.config import ModelConfig, tiny
-
-# The zero-initialised pathways of a fresh EMO network; `wake` gives them small random weights so a random
-# tiny model responds to every condition the way a trained one would (for smoke runs and tests).
-ZERO_INITIALISED = r"audio_attn\.to_out|speed_attn\.to_out|motion_modules.*proj_out|face_locator\.conv_out"
 
 # Audio feature shapes, (hidden states, width): the tiny one, or wav2vec2-base's (12 layers + embeddings, 768
 # wide) so the tiny model holds and moves the audio of a real model (`emo bench generate --audio-shape base`).
@@ -73,11 +68,15 @@ def tiny_audio_model(seed: int = 0, audio_shape: str = "tiny"):
 
 
 def wake(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """Give the zero-initialised pathways small random weights (see ZERO_INITIALISED)."""
+    """Give the layers that start at zero (the new pathways' output projections) small random weights, so
+    a random tiny model responds to every condition the way a trained one would (smoke runs, tests)."""
+    from emo.models.attention import zero_initialised_parameters
+
+    asleep = set(zero_initialised_parameters(model))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if re.search(ZERO_INITIALISED, name):
+            if name in asleep:
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
     return model
 

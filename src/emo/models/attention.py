@@ -12,12 +12,26 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from emo.models.pathways import on_pathway
+
 
 def zero_(module: nn.Module) -> nn.Module:
-    """Zero a module's parameters: a new pathway then starts as an exact no-op (STYLE: absorb 4)."""
+    """Zero a module's parameters: a new pathway then starts as an exact no-op (STYLE: absorb 4).
+
+    The module is marked `starts_at_zero`, so what starts at zero is known without matching names
+    (see `zero_initialised_parameters`)."""
     for p in module.parameters():
         nn.init.zeros_(p)
+    module.starts_at_zero = True
     return module
+
+
+def zero_initialised_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters `zero_` zeroed when ``model`` was built, in `named_parameters()` order."""
+    marked = {f"{prefix}.{name}" if prefix else name
+              for prefix, module in model.named_modules() if getattr(module, "starts_at_zero", False)
+              for name, _ in module.named_parameters()}
+    return [name for name, _ in model.named_parameters() if name in marked]
 
 
 def tokens_to_image(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -110,8 +124,8 @@ class SpatialTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads)
         if audio_dim:
-            self.norm_audio = nn.LayerNorm(dim)
-            self.audio_attn = Attention(dim, heads, context_dim=audio_dim)
+            self.norm_audio = on_pathway("audio", nn.LayerNorm(dim))
+            self.audio_attn = on_pathway("audio", Attention(dim, heads, context_dim=audio_dim))
             zero_(self.audio_attn.to_out[0])
         else:
             self.audio_attn = None
@@ -140,6 +154,8 @@ class SpatialTransformerBlock(nn.Module):
 
 class SpatialTransformer(nn.Module):
     """SD1.5's Transformer2DModel (conv proj_in/proj_out, one block) over each frame."""
+
+    pathway = "spatial"  # all but the audio-attention layers inside
 
     def __init__(self, name: str, channels: int, heads: int, groups: int, audio_dim: int | None):
         super().__init__()

@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from emo.models.attention import Attention, FeedForward, tokens_to_image, zero_
+from emo.models.pathways import on_pathway
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
@@ -71,8 +72,8 @@ class TemporalTransformerBlock(nn.Module):
         self.attention_blocks = nn.ModuleList([TemporalAttention(dim, heads, max_len) for _ in range(2)])
         self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(2)])
         if speed_dim:
-            self.speed_norm = nn.LayerNorm(dim)
-            self.speed_attn = Attention(dim, heads, context_dim=speed_dim)
+            self.speed_norm = on_pathway("speed", nn.LayerNorm(dim))
+            self.speed_attn = on_pathway("speed", Attention(dim, heads, context_dim=speed_dim))
             zero_(self.speed_attn.to_out[0])
         else:
             self.speed_attn = None
@@ -137,6 +138,8 @@ class TemporalTransformer(nn.Module):
 
 class TemporalModule(nn.Module):
     """One temporal-module site (AnimateDiff's VanillaTemporalModule)."""
+
+    pathway = "temporal"  # all but the speed layers inside
 
     def __init__(self, channels: int, heads: int, groups: int, max_len: int, speed_dim: int | None):
         super().__init__()

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from emo.models.attention import SpatialTransformer
+from emo.models.pathways import PATHWAYS, on_pathway, parameter_pathways
 from emo.models.temporal_module import TemporalModule
 
 
@@ -54,6 +55,8 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class TimestepEmbedding(nn.Module):
+    pathway = "spatial"
+
     def __init__(self, in_dim: int, dim: int):
         super().__init__()
         self.linear_1 = nn.Linear(in_dim, dim)
@@ -64,6 +67,8 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock(nn.Module):
+    pathway = "spatial"
+
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int, groups: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=1e-5)
@@ -81,6 +86,8 @@ class ResnetBlock(nn.Module):
 
 
 class Downsample(nn.Module):
+    pathway = "spatial"
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
@@ -90,6 +97,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    pathway = "spatial"
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
@@ -235,7 +244,7 @@ class EMOUNet(ModelMixin, ConfigMixin):
         channels = list(block_out_channels)
         temb_dim = channels[0] * 4
 
-        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.conv_in = on_pathway("spatial", nn.Conv2d(in_channels, channels[0], 3, padding=1))
         self.time_embedding = TimestepEmbedding(channels[0], temb_dim)
 
         self.down_blocks = nn.ModuleList()
@@ -261,22 +270,16 @@ class EMOUNet(ModelMixin, ConfigMixin):
             prev = out_ch
 
         if output_head:
-            self.conv_norm_out = nn.GroupNorm(norm_num_groups, channels[0], eps=1e-5)
-            self.conv_out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
+            self.conv_norm_out = on_pathway("spatial", nn.GroupNorm(norm_num_groups, channels[0], eps=1e-5))
+            self.conv_out = on_pathway("spatial", nn.Conv2d(channels[0], out_channels, 3, padding=1))
 
     # -- parameter groups (what a training stage can name) -------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Split parameters into `spatial`, `temporal`, `audio` and `speed` (empty groups omitted)."""
-        groups: dict[str, list[nn.Parameter]] = {"spatial": [], "temporal": [], "audio": [], "speed": []}
+        """Parameters by the pathway their modules declare (emo.models.pathways); empty groups omitted."""
+        pathways = parameter_pathways(self)
+        groups: dict[str, list[nn.Parameter]] = {name: [] for name in PATHWAYS}
         for name, param in self.named_parameters():
-            if ".speed_attn." in name or ".speed_norm." in name:
-                groups["speed"].append(param)
-            elif ".motion_modules." in name:
-                groups["temporal"].append(param)
-            elif ".audio_attn." in name or ".norm_audio." in name:
-                groups["audio"].append(param)
-            else:
-                groups["spatial"].append(param)
+            groups[pathways[name]].append(param)
         return {k: v for k, v in groups.items() if v}
 
     # -- forward ---------------------------------------------------------------------------------------
