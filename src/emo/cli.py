@@ -16,20 +16,25 @@ from emo.errors import EmoError
 
 # name -> module; add a line here when a command exists.
 COMMANDS: dict[str, str] = {
-    "generate": "emo.generate",
+    "generate": "emo.generation.cli",
     "preprocess": "emo.data.cli",
     "bench": "emo.bench",
     "train": "emo.training.cli",
     "evaluate": "emo.eval.cli",
 }
+# Maintainer tools: they run like commands but are not listed in `emo --help`.
+HIDDEN_COMMANDS: dict[str, str] = {
+    "dev": "emo.dev",
+}
 
 
-def add_subcommands(subparsers, table: dict[str, str]) -> None:
+def add_subcommands(subparsers, table: dict[str, str], hidden: bool = False) -> None:
     for name, module_name in table.items():
         module = importlib.import_module(module_name)
+        listed = {} if hidden else {"help": module.HELP}  # argparse lists a subcommand given any help=
         parser = subparsers.add_parser(
             name,
-            help=module.HELP,
+            **listed,
             description=(module.__doc__ or module.HELP).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -37,19 +42,37 @@ def add_subcommands(subparsers, table: dict[str, str]) -> None:
         parser.set_defaults(_run=module.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `emo` parser: every command, or with `only`, that one command alone (see `main`)."""
     parser = argparse.ArgumentParser(
         prog="emo",
         description="EMO: one portrait + a speech or singing track -> a talking/singing portrait video.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    add_subcommands(subparsers, COMMANDS)
+    if only:
+        add_subcommands(subparsers, {only: {**COMMANDS, **HIDDEN_COMMANDS}[only]}, hidden=only in HIDDEN_COMMANDS)
+    else:
+        add_subcommands(subparsers, COMMANDS)
+        add_subcommands(subparsers, HIDDEN_COMMANDS, hidden=True)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command `argv` runs, if it names one (and asks for no top-level --help first)."""
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS or arg in HIDDEN_COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # Running a command builds only its own parser, so no other command's module is imported: faster, and
+    # a benchmark's child process (`emo bench TARGET --child ...`) holds only what its measurement needs.
+    parser = build_parser(only=_command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

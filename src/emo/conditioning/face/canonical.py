@@ -17,13 +17,12 @@ MediaPipe's own ``canonical_face_model.obj`` is not shipped in the Python wheel,
    eye corners; not lips, jaw, eyelids, brows), closed under mirroring. Poses are fitted on these so
    talking and expressions do not read as head rotation.
 
-Run ``python -m emo.conditioning.face.canonical OUT.npz VIDEO...`` to rebuild it.
+``emo dev canonical-face OUT.npz VIDEO...`` rebuilds it (:func:`face_meshes`, then :func:`build_canonical_face`).
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 from importlib import resources
 
 import numpy as np
@@ -91,16 +90,16 @@ def load_canonical_face() -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def _main(argv: list[str]) -> int:
+def face_meshes(videos: list[str]) -> np.ndarray:
+    """Face Mesh points (N, 478, 3) of every video frame with a face, in the model frame: x right, y up,
+    z toward the viewer (Face Mesh tracks the face through each video)."""
     import mediapipe as mp
 
-    from emo.media import atomic_path, iter_video_frames
+    from emo.errors import EmoError
+    from emo.media import iter_video_frames
 
-    if len(argv) < 2:
-        print("usage: python -m emo.conditioning.face.canonical OUT.npz VIDEO [VIDEO...]", file=sys.stderr)
-        return 2
     meshes = []
-    for video in argv[1:]:
+    for video in videos:
         with mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False, max_num_faces=1, refine_landmarks=True
         ) as mesh:
@@ -109,13 +108,7 @@ def _main(argv: list[str]) -> int:
                 if result.multi_face_landmarks:
                     h, w = frame.shape[:2]
                     points = [(p.x * w, -p.y * h, -p.z * w) for p in result.multi_face_landmarks[0].landmark]
-                    meshes.append(np.array(points))  # model frame: x right, y up, z toward the viewer
-    data = build_canonical_face(np.stack(meshes))
-    with atomic_path(argv[0]) as temp:
-        np.savez(temp, **data)
-    print(f"{argv[0]}: canonical face from {len(meshes)} meshes, {len(data['rigid'])} rigid points")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+                    meshes.append(np.array(points))
+    if not meshes:
+        raise EmoError(f"no face found in {', '.join(map(str, videos))}")
+    return np.stack(meshes)

@@ -3,7 +3,7 @@
 The model is a randomly initialised ``Wav2Vec2Model`` with ``Wav2Vec2Config()`` defaults, i.e. exactly
 wav2vec2-base's shape (12 layers, 768 wide, 95 M parameters): speed and memory do not depend on the weight
 values. The input is a synthetic speech-like track (harmonic tones with a syllable-rate envelope, plus
-noise). Each length runs in a fresh process so that its peak RSS is its own.
+noise). Each length runs in a fresh process (``--child MODE SECONDS``) so that its peak RSS is its own.
 
 Two ways of consuming the features are measured:
 
@@ -16,10 +16,9 @@ Two ways of consuming the features are measured:
 from __future__ import annotations
 
 import json
-import sys
 import time
 
-from emo.resources import child_main, measure_in_child
+from emo.bench.child import add_child_option, measure_in_child
 
 HELP = "wav2vec2-base-shaped audio features: × real time on CPU, peak memory for 1- vs 10-minute tracks"
 
@@ -33,13 +32,7 @@ def add_arguments(parser) -> None:
         "--chunk-seconds", type=float, default=None, help="override the encoder's chunk length"
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
-    parser.add_argument("--measure", nargs=2, metavar=("MODE", "SECONDS"), help=_suppress())
-
-
-def _suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    add_child_option(parser, nargs=2, metavar=("MODE", "SECONDS"))  # the one run this child measures
 
 
 def synthetic_speech(seconds: float, sample_rate: int = 16000, seed: int = 0):
@@ -71,7 +64,7 @@ def _measure(mode: str, seconds: float, args) -> dict:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from emo.conditioning.audio import AudioEncoder, ChunkConfig
+    from emo.conditioning.audio_features import AudioEncoder, ChunkConfig
     from emo.resources import peak_rss_mib
 
     torch.set_num_threads(args.threads)
@@ -112,19 +105,19 @@ def _measure(mode: str, seconds: float, args) -> dict:
 
 
 def run(args) -> int:
-    if args.measure:
-        print(json.dumps(_measure(args.measure[0], float(args.measure[1]), args)))
+    if args.child:
+        print(json.dumps(_measure(args.child[0], float(args.child[1]), args)))
         return 0
     lengths = [float(v) for v in args.lengths.split(",")]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results = []
     for mode in modes:
         for seconds in lengths:
-            command = ["--measure", mode, str(seconds)]
+            command = ["--child", mode, str(seconds)]
             command += ["--threads", str(args.threads), "--fps", str(args.fps), "--dtype", args.dtype]
             if args.chunk_seconds is not None:
                 command += ["--chunk-seconds", str(args.chunk_seconds)]
-            result = measure_in_child("emo.conditioning.bench_audio", command)
+            result = measure_in_child("audio", command)
             results.append(result)
             print(
                 f"{mode:6s} {seconds:7.0f} s audio: {result['elapsed_s']:7.2f} s = {result['x_realtime']:6.2f}× real time "
@@ -140,7 +133,3 @@ def run(args) -> int:
             )
     print(json.dumps({"bench": "audio", "results": results}))
     return 0
-
-
-if __name__ == "__main__":  # the per-length subprocess; not through `emo` so other targets are not imported
-    sys.exit(child_main(add_arguments, run, "python -m emo.conditioning.bench_audio"))

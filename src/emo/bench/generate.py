@@ -1,24 +1,25 @@
 """`emo bench generate`: seconds per frame and peak memory against audio length (tiny preset on CPU by default).
 
-Each audio length runs in its own process so its peak RSS is its own; flat memory means a 60 s track peaks
-about where a 5 s one does (frames are streamed to the encoder, never held). The tiny model's audio features
-are 3 x 32 per frame, too small to show what a long track costs; ``--audio-shape base`` gives it
-wav2vec2-base-shaped ones (13 x 768, about 20 KiB per frame in float16), as a real model holds.
+Each audio length runs in its own process (``--child SECONDS``) so its peak RSS is its own; flat memory
+means a 60 s track peaks about where a 5 s one does (frames are streamed to the encoder, never held).
+The tiny model's audio features are 3 x 32 per frame, too small to show what a long track costs;
+``--audio-shape base`` gives it wav2vec2-base-shaped ones (13 x 768, about 20 KiB per frame in float16),
+as a real model holds. By default the portrait is ``emo/assets/portrait.jpg`` and the audio the speech
+track of ``emo/assets/hdtf_speech_256_4s.mp4`` (4 s, looped to each length).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from emo.bench import ASSETS
+from emo.bench.child import add_child_option, measure_in_child
 from emo.errors import EmoError
-from emo.resources import child_main, measure_in_child
 
 HELP = "generation s/frame and peak memory for short vs long audio"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def add_arguments(parser) -> None:
@@ -36,15 +37,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--audio-guidance", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--image", default=str(EXAMPLES / "portrait.jpg"))
-    parser.add_argument("--audio", default=str(EXAMPLES / "speech.wav"), help="looped to each length")
-    parser.add_argument("--one", type=float, help=_suppressed())
-
-
-def _suppressed():
-    import argparse
-
-    return argparse.SUPPRESS
+    parser.add_argument("--image", default=str(ASSETS / "portrait.jpg"), help="portrait (default: a shipped one)")
+    parser.add_argument(
+        "--audio",
+        default=str(ASSETS / "hdtf_speech_256_4s.mp4"),
+        help="speech, looped to each length (any file with sound; default: a shipped 4 s clip's track)",
+    )
+    add_child_option(parser, type=float, metavar="SECONDS")  # the one audio length this child measures
 
 
 def _run_one(args) -> dict:
@@ -52,14 +51,14 @@ def _run_one(args) -> dict:
     import soundfile as sf
     import torch
 
+    from emo.generation.pipeline import EMOPipeline, GenerationOptions
     from emo.media import load_audio
-    from emo.pipeline import EMOPipeline, GenerationOptions
     from emo.resources import peak_rss_mib
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     speech = load_audio(args.audio)
-    samples = int(args.one * 16000)
+    samples = int(args.child * 16000)
     looped = np.tile(speech, samples // speech.size + 1)[:samples]
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "audio.wav"
@@ -92,7 +91,7 @@ def _run_one(args) -> dict:
 
 
 def run(args) -> int:
-    if args.one:
+    if args.child:
         print(json.dumps(_run_one(args)))
         return 0
     if args.weights and args.audio_shape != "tiny":
@@ -100,7 +99,7 @@ def run(args) -> int:
     rows = []
     for length in [float(x) for x in args.lengths.split(",")]:
         argv = [
-            "--one",
+            "--child",
             str(length),
             "--size",
             str(args.size),
@@ -121,7 +120,7 @@ def run(args) -> int:
             "--audio-shape",
             args.audio_shape,
         ] + (["--weights", args.weights] if args.weights else [])
-        rows.append((length, measure_in_child("emo.generate_bench", argv)))
+        rows.append((length, measure_in_child("generate", argv)))
     model = args.weights or "tiny preset (random)"
     layers, width = rows[0][1]["audio_shape"]
     print(
@@ -140,7 +139,3 @@ def run(args) -> int:
             f"peak RSS ratio longest/shortest: {rows[-1][1]['peak_rss_mib'] / rows[0][1]['peak_rss_mib']:.2f}x"
         )
     return 0
-
-
-if __name__ == "__main__":  # the per-measurement child process
-    sys.exit(child_main(add_arguments, run, "python -m emo.generate_bench"))

@@ -1,18 +1,17 @@
 """`emo bench model`: parameters per component, backbone speed against diffusers' plain SD1.5 UNet, memory.
 
 Both sides run the same batch (F frames of one clip at the given latent size) with random weights; each side
-runs in its own process so peak memory is its own. The backbone runs with everything on: reference tokens,
-n motion frames, audio and speed tokens and the face mask.
+runs in its own process (``--child emo|diffusers``) so peak memory is its own. The backbone runs with
+everything on: reference tokens, n motion frames, audio and speed tokens and the face mask.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 
+from emo.bench.child import add_child_option, measure_in_child
 from emo.errors import EmoError
-from emo.resources import child_main, measure_in_child
 
 HELP = "parameters, backbone forward time vs plain SD1.5 UNet, peak memory"
 
@@ -26,13 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--part", choices=["emo", "diffusers"], help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    add_child_option(parser, choices=["emo", "diffusers"])  # which side this child measures
 
 
 def _timed(fn, repeats: int, device) -> float:
@@ -71,7 +64,7 @@ def _measure(args) -> dict:
     cfg = preset(args.preset)
     f, n, s = args.frames, args.motion_frames, args.latent
     noisy = torch.randn(1 * f, 4, s, s, device=device, dtype=dtype)
-    if args.part == "diffusers":
+    if args.child == "diffusers":
         from diffusers import UNet2DConditionModel
 
         heads = cfg.num_attention_heads
@@ -149,7 +142,7 @@ def _device(name: str):
 
 
 def run(args) -> int:
-    if args.part:
+    if args.child:
         print(json.dumps(_measure(args)))
         return 0
     for name, value in (("--frames", args.frames), ("--latent", args.latent), ("--repeats", args.repeats),
@@ -161,8 +154,8 @@ def run(args) -> int:
     _device(args.device)
     results = {}
     for part in ("diffusers", "emo"):
-        results[part] = measure_in_child("emo.models.bench", [
-            "--part", part, "--preset", args.preset, "--frames", str(args.frames),
+        results[part] = measure_in_child("model", [
+            "--child", part, "--preset", args.preset, "--frames", str(args.frames),
             "--motion-frames", str(args.motion_frames), "--latent", str(args.latent), "--repeats", str(args.repeats),
             "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype])
     emo, plain = results["emo"], results["diffusers"]
@@ -180,7 +173,3 @@ def run(args) -> int:
     print(f"forward FLOPs: backbone {flops['backbone'] / 1e12:.3f} T, plain UNet {flops['plain'] / 1e12:.3f} T "
           f"({flops['backbone'] / flops['plain']:.2f}x), ReferenceNet pass {flops['reference'] / 1e12:.3f} T")
     return 0
-
-
-if __name__ == "__main__":  # the per-measurement child process
-    sys.exit(child_main(add_arguments, run, "python -m emo.models.bench"))

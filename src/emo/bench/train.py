@@ -71,6 +71,7 @@ def run(args) -> int:
 
     import torch
 
+    from emo.codec import SDVAECodec
     from emo.config import preset
     from emo.models import EMO
     from emo.training.config import config_from_dict
@@ -98,7 +99,7 @@ def run(args) -> int:
             data = SyntheticClips(stage > 1, size, args.motion, args.frames, 2 * model_cfg.audio_window + 1,
                                   model_cfg.audio_layers, model_cfg.audio_feature_dim)
             torch.manual_seed(0)
-            trainer = Trainer(cfg, dataset=data, vae=random_vae(args.preset), model=EMO.from_config(model_cfg))
+            trainer = Trainer(cfg, dataset=data, codec=SDVAECodec(random_vae(args.preset)), model=EMO.from_config(model_cfg))
             trainer.fit()
             records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
             times = [r["step_s"] for r in records[1:]]  # the first step warms up allocators and kernels

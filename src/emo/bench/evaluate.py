@@ -2,8 +2,8 @@
 
   emo bench evaluate [VIDEO] [--frames 48] [--frame-stride 1] [--no-learned]
 
-Builds a generated/ground-truth pair from VIDEO (default: tests/data/hdtf_speech_256_4s.mp4; the
-generated side is the same clip with pixel noise, re-encoded with its audio), saves full-size randomly
+Builds a generated/ground-truth pair from VIDEO (default: emo/assets/hdtf_speech_256_4s.mp4, the 256²
+4 s test clip; the generated side is the same clip with pixel noise, re-encoded with its audio), saves full-size randomly
 initialised networks in their public weight formats (speed does not depend on the weight values), and
 runs the whole evaluation. Prints, for each stage, seconds and *generated frames per second* — each
 stage also processes the ground-truth frames, so this is the rate at which a generated video gets
@@ -12,14 +12,17 @@ scored. Measures, never asserts; other jobs on the machine change the numbers.
 
 from __future__ import annotations
 
+from emo.bench import ASSETS
+
 HELP = "evaluation throughput: generated frames scored per second, per metric"
 
-DEFAULT_VIDEO = "hdtf_speech_256_4s.mp4"
+DEFAULT_VIDEO = ASSETS / "hdtf_speech_256_4s.mp4"  # a real talking head with speech: face and sync metrics need one
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "video", nargs="?", help=f"a talking-head video with audio (default tests/data/{DEFAULT_VIDEO})"
+        "video", nargs="?", default=str(DEFAULT_VIDEO),
+        help="a talking-head video with audio (default: a shipped 256² 4 s clip)",
     )
     parser.add_argument("--frames", type=int, default=48, help="frames of the clip to evaluate (default 48)")
     parser.add_argument("--frame-stride", type=int, default=1, help="as in emo evaluate (default 1)")
@@ -84,11 +87,7 @@ def run(args) -> int:
     from emo.media import iter_video_frames, load_audio, probe_video, write_video
     from emo.resources import peak_rss_mib
 
-    video = (
-        Path(args.video)
-        if args.video
-        else Path(__file__).resolve().parents[3] / "tests" / "data" / DEFAULT_VIDEO
-    )
+    video = Path(args.video)
     if not video.is_file():
         raise EmoError(f"{video}: no such video; pass a talking-head VIDEO with audio")
     fps = probe_video(video).fps

@@ -1,23 +1,27 @@
 """Benchmark `emo preprocess`: seconds of source video processed per wall-clock second.
 
-  emo bench preprocess [VIDEOS...] [--workers 2] [--size 512] [--repeat 2]
+  emo bench preprocess VIDEOS... [--workers 2] [--size 512] [--repeat 2]
 
-Processes the videos (default: the three preprocessing fixtures in tests/data: two 256² talking
-heads and the 1080x1920 small-face video, 4 s each) into a temporary dataset without the audio
-encoder, with N worker processes, and prints video seconds / wall second (the target is >= 1x real
-time on 2 cores); per-video times are logged as they finish. ``--repeat`` lists each input
-that many times (under different names) so that N workers have work to share. Measures, never asserts.
+Processes the videos into a temporary dataset without the audio encoder, with N worker processes, and
+prints video seconds / wall second (the target is >= 1x real time on 2 cores); per-video times are
+logged as they finish. ``--repeat`` lists each input that many times (under different names) so that N
+workers have work to share. Measures, never asserts.
+
+VIDEOS has no default: throughput depends on the videos' resolution and face size, so say what you
+measure. docs/benchmarks.md measured the three preprocessing fixtures of a checkout (two 256² talking
+heads and the 1080x1920 small-face video, 4 s each):
+``tests/data/{hdtf_speech_256_4s,expressive_256_4s,small_face_1080x1920_4s}.mp4``.
 """
 
 from __future__ import annotations
 
-DEFAULT_VIDEOS = ("hdtf_speech_256_4s.mp4", "expressive_256_4s.mp4", "small_face_1080x1920_4s.mp4")
+FIXTURES = "{hdtf_speech_256_4s,expressive_256_4s,small_face_1080x1920_4s}.mp4"  # shell brace form
 
 HELP = "preprocessing throughput: seconds of video per wall-clock second (no audio encoder)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("videos", nargs="*", help="videos to process (default: the preprocessing fixtures in tests/data)")
+    parser.add_argument("videos", nargs="*", metavar="VIDEOS", help="videos with speech to process (required)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--size", type=int, default=512, help="output size (default 512)")
     parser.add_argument("--repeat", type=int, default=2, help="process each input this many times (default 2)")
@@ -30,17 +34,15 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from emo.data.preprocess import PreprocessConfig, run_preprocess
+    from emo.data.dataset_config import PreprocessConfig
+    from emo.data.preprocess import run_preprocess
     from emo.errors import EmoError
     from emo.media import probe_video
     from emo.resources import peak_rss_mib
 
     videos = [Path(v) for v in args.videos]
     if not videos:
-        data = Path(__file__).resolve().parents[3] / "tests" / "data"
-        videos = [data / name for name in DEFAULT_VIDEOS]
-        if not all(v.is_file() for v in videos):
-            raise EmoError(f"no videos given and the fixtures {', '.join(DEFAULT_VIDEOS)} are not in {data}; pass VIDEOS")
+        raise EmoError(f"pass VIDEOS to process, e.g. in a checkout the fixtures tests/data/{FIXTURES}")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="emo-bench-preprocess-"))
     try:
         inputs = work / "inputs"
