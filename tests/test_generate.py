@@ -279,36 +279,6 @@ def test_tiny_pipeline_with_wav2vec2_base_shaped_audio(short_audio, tmp_path):
     assert pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", FAST, progress=False).frames == 15
 
 
-def test_bench_generate_passes_the_audio_shape_to_each_child(monkeypatch, capsys):
-    import argparse
-
-    from emo import generate_bench
-
-    commands = []
-
-    def child(module, argv):
-        commands.append(argv)
-        assert module == "emo.generate_bench"
-        return {
-            "seconds": 2.0,
-            "frames": 20,
-            "peak_rss_mib": 500.0,
-            "peak_gpu_mib": None,
-            "audio_features_mib": 0.8,
-            "audio_shape": [13, 768],
-        }
-
-    monkeypatch.setattr(generate_bench, "measure_in_child", child)
-    parser = argparse.ArgumentParser()
-    generate_bench.add_arguments(parser)
-    assert generate_bench.run(parser.parse_args(["--lengths", "5,60", "--audio-shape", "base"])) == 0
-    assert len(commands) == 2  # one process per length
-    for argv in commands:
-        child_args = parser.parse_args(argv)
-        assert child_args.audio_shape == "base" and child_args.one in (5.0, 60.0)
-    assert "audio features 13 x 768 per frame" in capsys.readouterr().out
-
-
 # -- errors ----------------------------------------------------------------------------------------------
 def test_existing_output_is_kept(pipe, short_audio, tmp_path):
     out = tmp_path / "keep.mp4"
