@@ -35,13 +35,13 @@ PYTHON=${PYTHON:-python}
 GENERATE_FLAGS=${EMO_GENERATE_FLAGS:---fps 25 --size 512}
 
 mkdir -p "$OUT/reference"
-"$PYTHON" -m emo.eval.protocol reference "$LIST" "$OUT/reference"
+"$PYTHON" -m emo.cli evaluate protocol reference "$LIST" "$OUT/reference"
 
 for side in a b; do
   ckpt=$CKPT_A
   [ "$side" = b ] && ckpt=$CKPT_B
   mkdir -p "$OUT/$side/videos"
-  "$PYTHON" -m emo.eval.protocol jobs "$LIST" "$OUT/$side/videos" > "$OUT/$side/jobs.json"
+  "$PYTHON" -m emo.cli evaluate protocol jobs "$LIST" "$OUT/$side/videos" > "$OUT/$side/jobs.json"
   # Generation's messages go to stderr: stdout is the comparison table alone.
   # shellcheck disable=SC2086  # GENERATE_FLAGS is a list of flags
   "$PYTHON" -m emo.cli generate --weights "$ckpt" --batch "$OUT/$side/jobs.json" $GENERATE_FLAGS --overwrite >&2
@@ -49,7 +49,7 @@ for side in a b; do
     --out "$OUT/$side/evaluation.json" --overwrite --no-progress "$@" > /dev/null
 done
 
-"$PYTHON" -m emo.eval.report "$OUT/a/evaluation.json" "$OUT/b/evaluation.json" \
+"$PYTHON" -m emo.cli evaluate report "$OUT/a/evaluation.json" "$OUT/b/evaluation.json" \
   --names "a: $CKPT_A" "b: $CKPT_B" > "$OUT/comparison.md"
 cat "$OUT/comparison.md"
 echo "full tables with notes: $OUT/a/evaluation.md and $OUT/b/evaluation.md" >&2

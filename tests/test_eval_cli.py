@@ -246,7 +246,8 @@ def test_tiny_frames_are_a_one_line_error_and_frame_rate_mismatch_warns_for_fvd(
 
 
 def test_side_by_side_table_of_two_evaluations(tmp_path, capsys):
-    from emo.eval.report import main as report_main
+    def report_main(argv):
+        return main(["evaluate", "report", *argv])
 
     def result(fid, fsim):
         return {"metrics": {
@@ -300,7 +301,9 @@ def test_protocol_test_list_jobs_and_reference_folder(dirs, tmp_path):
     from emo.errors import EmoError
     from emo.eval.evaluate import find_pairs
     from emo.eval.protocol import generation_jobs, link_reference, read_test_list
-    from emo.eval.protocol import main as protocol_main
+
+    def protocol_main(argv):
+        return main(["evaluate", "protocol", *argv])
 
     shutil.copyfile(dirs / "reference" / "same.mp4", tmp_path / "gt.mp4")
     shutil.copyfile(dirs / "reference" / "same.jpg", tmp_path / "portrait.jpg")

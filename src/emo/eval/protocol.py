@@ -8,10 +8,10 @@ A test list is a JSON list (or CSV with a header) of items::
 ``id`` defaults to the video's file stem, ``seed`` to the item's index (fixed either way, so two
 checkpoints see the same noise). Relative paths are relative to the list's folder.
 
-``python -m emo.eval.protocol jobs LIST GENERATED_DIR > jobs.json`` writes the ``emo generate --batch``
-jobs ({"image", "audio", "out": GENERATED_DIR/<id>.mp4, "seed"}); ``python -m emo.eval.protocol
-reference LIST REFERENCE_DIR`` fills REFERENCE_DIR with links <id>.mp4 -> ground-truth video and
-<id>.<ext> -> reference image, the layout ``emo evaluate --reference`` pairs by stem.
+``emo evaluate protocol jobs LIST GENERATED_DIR > jobs.json`` writes the ``emo generate --batch`` jobs
+({"image", "audio", "out": GENERATED_DIR/<id>.mp4, "seed"}); ``emo evaluate protocol reference LIST
+REFERENCE_DIR`` fills REFERENCE_DIR with links <id>.mp4 -> ground-truth video and <id>.<ext> ->
+reference image, the layout ``emo evaluate --reference`` pairs by stem.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,25 +84,3 @@ def link_reference(items: list[TestItem], reference_dir: str | Path) -> None:
             if link.is_symlink() or link.exists():
                 link.unlink()
             os.symlink(source.resolve(), link)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 3 or argv[0] not in ("jobs", "reference"):
-        print("usage: python -m emo.eval.protocol jobs LIST GENERATED_DIR | reference LIST REFERENCE_DIR",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        items = read_test_list(argv[1])
-        if argv[0] == "jobs":
-            print(json.dumps(generation_jobs(items, argv[2]), indent=1))
-        else:
-            link_reference(items, argv[2])
-    except EmoError as exc:
-        print(f"emo: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

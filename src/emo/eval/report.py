@@ -1,15 +1,13 @@
 """Write an evaluation as JSON and as a markdown table (EMO Table 1 style), both atomically.
 
-``python -m emo.eval.report A.json B.json [--names A B]`` prints the metrics of several evaluations
-side by side (``scripts/compare_checkpoints.sh`` uses it to compare two checkpoints).
+``emo evaluate report A.json B.json [--names A B]`` prints the metrics of several evaluations side by
+side with :func:`compare_markdown` (``scripts/compare_checkpoints.sh`` uses it to compare two checkpoints).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 from emo.errors import EmoError
@@ -81,31 +79,13 @@ def compare_markdown(results: list[dict], names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m emo.eval.report", description="print evaluations (emo evaluate JSON) side by side"
-    )
-    parser.add_argument("results", nargs="+", metavar="JSON", help="evaluation.json files")
-    parser.add_argument("--names", nargs="+", metavar="NAME", help="column names (default: the file paths)")
-    args = parser.parse_args(argv)
-    names = args.names or args.results
+def read_evaluation(path: str | Path) -> dict:
+    """The JSON that `emo evaluate` wrote at `path`."""
+    path = Path(path)
     try:
-        if len(names) != len(args.results):
-            raise EmoError(f"--names: {len(names)} names for {len(args.results)} results")
-        results = []
-        for path in map(Path, args.results):
-            try:
-                results.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise EmoError(f"{path}: not a readable evaluation JSON ({exc})") from None
-            if not isinstance(results[-1].get("metrics"), dict):
-                raise EmoError(f"{path}: no 'metrics'; expected the JSON that `emo evaluate` writes")
-    except EmoError as exc:
-        print(f"emo: error: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(compare_markdown(results, names))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EmoError(f"{path}: not a readable evaluation JSON ({exc})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
+        raise EmoError(f"{path}: no 'metrics'; expected the JSON that `emo evaluate` writes")
+    return result
