@@ -23,19 +23,13 @@ import torch
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
 from emo.data.dataset import Stage1Dataset, VideoClipDataset
-from emo.data.preprocess import (
-    PreprocessConfig,
-    add_audio_features,
-    audio_encoder_id,
-    list_videos,
-    parse_shard,
-    process_video,
-    run_preprocess,
-    video_id,
-)
+from emo.data.dataset_config import PreprocessConfig, audio_encoder_id
+from emo.data.preprocess import add_audio_features, list_videos, parse_shard, run_preprocess
 from emo.data.scenes import SceneConfig, SceneCutDetector, Span, split_scene
+from emo.data.video_processing import video_id
 from emo.errors import EmoError
 from emo.media import iter_video_frames, load_audio, probe_video, write_video
+from preprocess_helpers import process_or_crash
 
 DATA = Path(__file__).parent / "data"
 HDTF = DATA / "hdtf_speech_256_4s.mp4"  # 256², 25 fps, 100 frames, speech
@@ -423,15 +417,6 @@ def test_kill_9_then_rerun_gives_the_same_dataset(videos, dataset, tmp_path):
     assert stamp == {p: p.stat().st_mtime_ns for p in (out / mf.VIDEOS).glob(f"*/{mf.VIDEO_RECORD}")}
 
 
-def process_or_crash(source: Path, root: Path, config: PreprocessConfig, tools) -> dict:
-    """process_video, except that a video named crash*.mp4 kills its worker process, as a segfault in
-    FFmpeg or the out-of-memory killer would (run_preprocess(process_fn=...); the workers import this
-    module by name)."""
-    if source.name.startswith("crash"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return process_video(source, root, config, tools)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_crashing_worker_is_recorded_as_failed_and_the_rest_continue(videos, dataset, tmp_path, workers):
     crash = tmp_path / "crash.mp4"  # sorts before the other input: it crashes first
@@ -504,20 +489,20 @@ def test_a_different_audio_encoder_is_refused(videos, dataset, tmp_path):
     assert tree_bytes(dataset) == before
 
 
-def test_audio_features_added_later(videos, tmp_path):
+def test_audio_features_added_later(tmp_path):
     from emo.cli import main
     from emo.tiny import tiny_audio_model
 
     out = tmp_path / "ds"
     encoder = tmp_path / "wav2vec2"
     tiny_audio_model().save_pretrained(encoder, safe_serialization=True)
-    assert main(["preprocess", str(videos["joined"]), "--out", str(out), *ARGS, "--max-clip", "8"]) == 0
+    assert main(["preprocess", str(HDTF), "--out", str(out), *ARGS, "--max-clip", "8"]) == 0
     with pytest.raises(EmoError, match="add-audio-features"):
         VideoClipDataset(out)
     config = PreprocessConfig(min_clip_s=1.0, max_clip_s=8.0)
     # Made without an encoder: resuming with one would leave the first clips without features.
     with pytest.raises(EmoError, match="made without --audio-encoder.*--add-audio-features"):
-        run_preprocess([videos["joined"]], out, config, audio_encoder=str(encoder), progress=False)
+        run_preprocess([HDTF], out, config, audio_encoder=str(encoder), progress=False)
     assert main(["preprocess", "--add-audio-features", "--out", str(out), "--audio-encoder", str(encoder)]) == 0
     summary = json.loads((out / mf.SUMMARY).read_text())
     assert summary["clips_with_audio_features"] == summary["clips_kept"] > 0
@@ -525,5 +510,5 @@ def test_audio_features_added_later(videos, tmp_path):
     # Now the dataset's features come from this encoder: a resume must use it.
     assert json.loads((out / mf.DATASET_CONFIG).read_text())["audio_encoder"] == audio_encoder_id(encoder)
     with pytest.raises(EmoError, match="made with --audio-encoder"):
-        run_preprocess([videos["joined"]], out, config, progress=False)
-    assert run_preprocess([videos["joined"]], out, config, audio_encoder=str(encoder)) == summary
+        run_preprocess([HDTF], out, config, progress=False)
+    assert run_preprocess([HDTF], out, config, audio_encoder=str(encoder)) == summary

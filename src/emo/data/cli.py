@@ -28,7 +28,7 @@ HELP = "raw talking-head videos -> training dataset (scene cuts, face crops, aud
 
 
 def add_arguments(parser) -> None:
-    from emo.data.preprocess import PreprocessConfig
+    from emo.data.dataset_config import PreprocessConfig
     from emo.data.scenes import DETECTORS, SceneConfig
 
     d, s = PreprocessConfig(), SceneConfig()
@@ -75,7 +75,7 @@ def add_arguments(parser) -> None:
 
 
 def config_from_args(args):
-    from emo.data.preprocess import PreprocessConfig
+    from emo.data.dataset_config import PreprocessConfig
     from emo.data.scenes import SceneConfig
 
     return PreprocessConfig(
