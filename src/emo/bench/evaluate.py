@@ -3,9 +3,9 @@
   emo bench evaluate [VIDEO] [--frames 48] [--frame-stride 1] [--no-learned]
 
 Builds a generated/ground-truth pair from VIDEO (default: emo/assets/hdtf_speech_256_4s.mp4, the 256²
-4 s test clip; the generated side is the same clip with pixel noise, re-encoded with its audio), saves full-size randomly
-initialised networks in their public weight formats (speed does not depend on the weight values), and
-runs the whole evaluation. Prints, for each stage, seconds and *generated frames per second* — each
+4 s test clip; the generated side is the same clip with pixel noise, re-encoded with its audio), saves
+full-size randomly initialised networks in their public weight formats (speed does not depend on the
+weight values), and runs the whole evaluation. Prints, for each stage, seconds and *generated frames per second* — each
 stage also processes the ground-truth frames, so this is the rate at which a generated video gets
 scored. Measures, never asserts; other jobs on the machine change the numbers.
 """
@@ -16,12 +16,14 @@ from emo.bench import ASSETS
 
 HELP = "evaluation throughput: generated frames scored per second, per metric"
 
-DEFAULT_VIDEO = ASSETS / "hdtf_speech_256_4s.mp4"  # a real talking head with speech: face and sync metrics need one
+DEFAULT_VIDEO = ASSETS / "hdtf_speech_256_4s.mp4"  # real face + speech: the face and sync metrics need both
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "video", nargs="?", default=str(DEFAULT_VIDEO),
+        "video",
+        nargs="?",
+        default=str(DEFAULT_VIDEO),
         help="a talking-head video with audio (default: a shipped 256² 4 s clip)",
     )
     parser.add_argument("--frames", type=int, default=48, help="frames of the clip to evaluate (default 48)")
