@@ -59,7 +59,7 @@ def inputs(seed=0, frames=F):
         reference=torch.randn(B, 4, H, W, generator=g),
         motion=torch.randn(B, N_MOTION, 4, H, W, generator=g),
         audio=torch.randn(B, frames, 2 * CFG.audio_window + 1, CFG.audio_layers, CFG.audio_feature_dim, generator=g),
-        speed=torch.rand(B, frames, 2 * CFG.speed_window + 1, generator=g) * 2,
+        speed=torch.rand(B, frames, 2 * CFG.audio_window + 1, generator=g) * 2,
         mask=(torch.rand(B, 1, H * 8, W * 8, generator=g) > 0.5).float(),
     )
 

@@ -25,14 +25,13 @@ class ModelConfig:
     # audio: wav2vec2 features -> projector -> audio-attention
     audio_layers: int = 13  # hidden states of the audio encoder (wav2vec2-base: 12 layers + embeddings)
     audio_feature_dim: int = 768  # wav2vec2 hidden size
-    audio_window: int = 2  # m: frame f sees audio frames f-m..f+m (EMO paper)
+    audio_window: int = 2  # m: frame f sees the audio (and head speeds) of frames f-m..f+m (EMO paper)
     audio_tokens: int = 32  # K tokens per frame
     audio_hidden: int = 512  # projector MLP width
     token_dim: int = 768  # width of audio and speed tokens (the cross-attention context width)
     # speed encoder
     speed_buckets: int = 9  # d (EMO paper)
     max_speed: float = 2.0  # bucket centres over [0, max_speed] degrees/frame
-    speed_window: int = 2  # m for speeds
     speed_hidden: int = 256
     # face locator
     face_locator_channels: tuple[int, ...] = (16, 32, 64, 128)

@@ -67,13 +67,10 @@ class AudioEncoder:
         hidden_size: feature width D (768 for base).
     """
 
-    def __init__(
-        self, model, do_normalize: bool = True, chunk: ChunkConfig = ChunkConfig(), source: str = ""
-    ):
+    def __init__(self, model, do_normalize: bool = True, chunk: ChunkConfig = ChunkConfig()):
         self.model = model.eval().requires_grad_(False)
         self.do_normalize = do_normalize
         self.chunk = chunk
-        self.source = source
         self.num_layers = model.config.num_hidden_layers + 1
         self.hidden_size = model.config.hidden_size
         self._identity: str | None = None
@@ -113,7 +110,7 @@ class AudioEncoder:
                 do_normalize = bool(json.loads(preprocessor.read_text()).get("do_normalize", True))
             except json.JSONDecodeError:
                 raise EmoError(f"cannot read {preprocessor}: not valid JSON") from None
-        return cls(model.to(device), do_normalize=do_normalize, chunk=chunk, source=str(path))
+        return cls(model.to(device), do_normalize=do_normalize, chunk=chunk)
 
     @property
     def device(self) -> torch.device:

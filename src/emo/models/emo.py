@@ -92,7 +92,8 @@ class EMO(nn.Module):
             AudioProjector(window=2 * cfg.audio_window + 1, num_layers=cfg.audio_layers,
                            feature_dim=cfg.audio_feature_dim, hidden_dim=cfg.audio_hidden,
                            num_tokens=cfg.audio_tokens, token_dim=cfg.token_dim),
-            SpeedEncoder(num_buckets=cfg.speed_buckets, max_speed=cfg.max_speed, window=2 * cfg.speed_window + 1,
+            # Speeds are windowed like the audio: the dataset and generation use one m for both.
+            SpeedEncoder(num_buckets=cfg.speed_buckets, max_speed=cfg.max_speed, window=2 * cfg.audio_window + 1,
                          hidden_dim=cfg.speed_hidden, token_dim=cfg.token_dim),
         )
 

@@ -86,30 +86,19 @@ class TemporalTransformerBlock(nn.Module):
         num_frames: int,  # T
         num_current: int,  # f: the trailing frames that are being generated
         speed_tokens: torch.Tensor | None,  # ((B f), S, Cs)
-        current_only: bool = False,
     ) -> torch.Tensor:
-        """((B T), HW, C) -> the same, or with ``current_only`` ((B f), HW, C): the motion frames end here
-        (EMO: "only the f current frames continue"), so after serving as keys and values of the last
-        attention they skip its queries, the speed layer and the feed-forward (a quarter of the work at
-        n=4, f=12), with the current frames' result unchanged."""
-        last = len(self.attention_blocks) - 1
-        for i, (attention, norm) in enumerate(zip(self.attention_blocks, self.norms)):
-            if current_only and i == last and num_current < num_frames:
-                current = rearrange(x, "(b t) d c -> b t d c", t=num_frames)[:, num_frames - num_current :]
-                current = rearrange(current, "b f d c -> (b f) d c")
-                x = current + attention(norm(x), num_frames, num_current)
-                num_frames = num_current
-            else:
-                x = x + attention(norm(x), num_frames)
+        """((B T), HW, C) -> ((B f), HW, C): the motion frames end here (EMO: "only the f current frames
+        continue"), so after serving as keys and values of the last attention they skip its queries, the
+        speed layer and the feed-forward (a quarter of the work at n=4, f=12), with the current frames'
+        result unchanged."""
+        *earlier, (attention, norm) = zip(self.attention_blocks, self.norms)
+        for earlier_attention, earlier_norm in earlier:
+            x = x + earlier_attention(earlier_norm(x), num_frames)
+        current = rearrange(x, "(b t) d c -> b t d c", t=num_frames)[:, num_frames - num_current :]
+        x = rearrange(current, "b f d c -> (b f) d c") + attention(norm(x), num_frames, num_current)  # ((B f), HW, C)
         if self.speed_attn is not None and speed_tokens is not None:
-            # Only current frames have a speed; motion frames are context and are dropped after this module,
-            # so leaving them out of the speed layer changes nothing downstream.
-            x = rearrange(x, "(b t) d c -> b t d c", t=num_frames)
-            motion, current = x[:, : num_frames - num_current], x[:, num_frames - num_current :]
-            current = rearrange(current, "b f d c -> (b f) d c")
-            current = current + self.speed_attn(self.speed_norm(current), speed_tokens.to(x.dtype))
-            current = rearrange(current, "(b f) d c -> b f d c", f=num_current)
-            x = rearrange(torch.cat([motion, current], dim=1), "b t d c -> (b t) d c")
+            # Only the current frames have a speed, and only they are left.
+            x = x + self.speed_attn(self.speed_norm(x), speed_tokens.to(x.dtype))
         return x + self.ff(self.ff_norm(x))
 
 
@@ -130,9 +119,8 @@ class TemporalTransformer(nn.Module):
         residual = rearrange(residual, "b f c h w -> (b f) c h w")
         h = rearrange(self.norm(x), "n c h w -> n (h w) c")
         h = self.proj_in(h)
-        last = len(self.transformer_blocks) - 1
-        for i, block in enumerate(self.transformer_blocks):
-            h = block(h, num_frames, num_current, speed_tokens, current_only=i == last)
+        (block,) = self.transformer_blocks  # one, as in AnimateDiff v2 (a list for its parameter names)
+        h = block(h, num_frames, num_current, speed_tokens)  # ((B f), HW, C)
         return tokens_to_image(self.proj_out(h), x) + residual
 
 
