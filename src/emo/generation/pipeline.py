@@ -23,15 +23,16 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from emo.conditioning.temporal import window
+from emo.codec import LatentCodec, SDVAECodec, load_codec, to_uint8_frames
+from emo.conditioning.windows import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
+from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-SAMPLERS = ("ddim", "dpm++")
 
 
 @dataclass(frozen=True)
@@ -108,51 +109,13 @@ class GenerationResult:
         )
 
 
-def make_scheduler(sampler: str):
-    """SD1.5's noise schedule (EMO.md §2) with the chosen sampler."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-    schedule = dict(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
-    if sampler == "ddim":
-        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
-    if sampler == "dpm++":
-        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2)
-    raise EmoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-
-
-def guidance_plan(reference_scale: float, audio_scale: float) -> tuple[list[tuple[bool, bool]], list[float]]:
-    """Which (reference on, audio on) passes to batch, and how to combine their predictions.
-
-    eps = e(0,0) + s_ref (e(1,0) - e(0,0)) + s_audio (e(1,1) - e(1,0)); passes whose weight would cancel are
-    skipped, so guidance at 1.0 costs nothing.
-    """
-    if reference_scale == 1.0 and audio_scale == 1.0:
-        return [(True, True)], [1.0]
-    if reference_scale == 1.0:
-        return [(True, False), (True, True)], [1.0 - audio_scale, audio_scale]
-    if audio_scale == 1.0:
-        return [(False, True), (True, True)], [1.0 - reference_scale, reference_scale]
-    return (
-        [(False, False), (True, False), (True, True)],
-        [1.0 - reference_scale, reference_scale - audio_scale, audio_scale],
-    )
-
-
 class EMOPipeline:
-    """The EMO network with its frozen VAE and audio encoder, ready to generate."""
+    """The EMO network with its frozen latent codec and audio encoder, ready to generate."""
 
     def __init__(
         self,
         model: EMO,
-        vae,
+        codec: LatentCodec,
         audio_encoder,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -161,10 +124,9 @@ class EMOPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, dtype).eval().requires_grad_(False)
+        self.codec = codec.to(self.device, dtype).eval().requires_grad_(False)
         self.audio_encoder = audio_encoder
         self.cache_dir = cache_dir
-        self.reference_calls = 0  # ReferenceNet passes so far (one per clip)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -179,8 +141,7 @@ class EMOPipeline:
     ) -> EMOPipeline:
         """A trained checkpoint directory (`emo train export`), with the VAE and wav2vec2 in its `vae/` and
         `wav2vec2/` subfolders unless given explicitly."""
-        from emo.conditioning.audio import AudioEncoder
-        from emo.models.loading import load_vae
+        from emo.conditioning.audio_features import AudioEncoder
 
         weights = Path(weights)
         if not weights.is_dir():
@@ -196,7 +157,7 @@ class EMOPipeline:
         model = EMO.from_pretrained(weights)
         return cls(
             model,
-            load_vae(vae_path),
+            load_codec(vae_path),
             AudioEncoder.from_pretrained(audio_path, device=device),
             device,
             dtype,
@@ -209,12 +170,12 @@ class EMOPipeline:
     ) -> EMOPipeline:
         """A random tiny model (smoke runs and tests; its video is noise-like by design). ``audio_shape="base"``
         gives it wav2vec2-base-shaped audio features (13 x 768), as a real model holds (benchmarks)."""
-        from emo.conditioning.audio import AudioEncoder
+        from emo.conditioning.audio_features import AudioEncoder
         from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 
         model = tiny_emo(seed, audio_shape=audio_shape)
         audio = AudioEncoder(tiny_audio_model(seed, audio_shape))
-        return cls(model, tiny_vae(seed), audio, device, dtype, cache_dir)
+        return cls(model, SDVAECodec(tiny_vae(seed)), audio, device, dtype, cache_dir)
 
     def optimize(
         self,
@@ -226,7 +187,7 @@ class EMOPipeline:
         """Speed options. channels-last suits convolutions on GPUs (tensor cores); torch.compile fuses the
         backbone's elementwise work (the first clip pays the compile time; shapes stay fixed after it)."""
         if channels_last:
-            for module in (self.model.backbone, self.model.reference_net, self.vae):
+            for module in (self.model.backbone, self.model.reference_net, self.codec):
                 module.to(memory_format=torch.channels_last)
         if compile:
             self.model.backbone = torch.compile(
@@ -277,15 +238,14 @@ class EMOPipeline:
     @torch.no_grad()
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
         pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(self.device, self.dtype) / 127.5 - 1
-        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor  # (1, 4, h, w)
+        return self.codec.encode(pixels)  # (1, C, h, w)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int):
-        """(F, 4, h, w) latents -> uint8 frames (h*8, w*8, 3), a few at a time."""
+        """(F, C, h, w) latents -> uint8 frames (H, W, 3), a few at a time (bounds decoder memory)."""
         for start in range(0, latents.shape[0], chunk):
-            pixels = self.vae.decode(latents[start : start + chunk] / self.vae.config.scaling_factor).sample
-            pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            yield from rearrange(pixels, "f c h w -> f h w c").cpu().numpy()
+            frames = to_uint8_frames(self.codec.decode(latents[start : start + chunk]))  # (chunk, 3, H, W)
+            yield from rearrange(frames, "f c h w -> f h w c").cpu().numpy()
 
     # -- generation --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -300,13 +260,12 @@ class EMOPipeline:
         opts: GenerationOptions,
         progress=None,
     ) -> torch.Tensor:
-        """One clip: (1, f, 4, h, w) noise -> denoised latents, with one ReferenceNet pass."""
+        """One clip: (1, f, C, h, w) noise -> denoised latents, with one ReferenceNet pass."""
         passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
         reference_variants = sorted({ref_on for ref_on, _ in passes}, reverse=True)  # True first
         images = torch.cat([reference if on else torch.zeros_like(reference) for on in reference_variants])
         motion_batch = None if motion is None else motion.expand(len(reference_variants), *motion.shape[1:])
         features = self.model.reference_features(images, motion_batch, num_motion=opts.motion_frames)
-        self.reference_calls += 1
         by_variant = {on: _select(features, i) for i, on in enumerate(reference_variants)}
         batched_ref = by_variant[passes[0][0]]
         for ref_on, _ in passes[1:]:
@@ -316,18 +275,17 @@ class EMOPipeline:
             speed=speed.expand(len(passes), *speed.shape[1:]),
             face_mask=mask.expand(len(passes), *mask.shape[1:]),
         )
-        scheduler = make_scheduler(opts.sampler)
-        scheduler.set_timesteps(opts.steps, device=self.device)
-        latents = noise * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(latents, t).expand(len(passes), *latents.shape[1:])
+
+        def denoiser(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # every pass in one batch
+            model_in = latents.expand(len(passes), *latents.shape[1:]).to(self.dtype)
             timesteps = t.reshape(1).expand(len(passes)).to(self.device)
-            eps = self.model(model_in.to(self.dtype), timesteps, cond, batched_ref).float()
-            guided = sum(w * e for w, e in zip(weights, eps.chunk(len(passes))))
-            latents = scheduler.step(guided, t, latents).prev_sample
+            return combine_guidance(self.model(model_in, timesteps, cond, batched_ref).float(), weights)
+
+        def step_done(*_) -> None:
             if progress is not None:
                 progress.update(1)
-        return latents
+
+        return sample(denoiser, noise, opts.sampler, opts.steps, callback=step_done)
 
     def generate(
         self,
@@ -371,7 +329,7 @@ class EMOPipeline:
             overwrite=overwrite,
         ) as writer:
             for clip in range(clips):
-                noise = torch.randn(1, f, 4, h, w, generator=generator).to(self.device)
+                noise = torch.randn(1, f, self.codec.latent_channels, h, w, generator=generator).to(self.device)
                 audio = clip_window(features, clip * f, f, m)[None].to(self.device, self.dtype)  # (1, f, 2m+1, L, D)
                 latents = self.denoise_clip(noise, audio, speed, mask, reference, motion, opts, bar)
                 motion = latents[:, -n:].to(self.dtype) if n else None

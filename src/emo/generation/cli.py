@@ -265,7 +265,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
 def run(args) -> int:
     from dataclasses import replace
 
-    from emo.pipeline import EMOPipeline, GenerationOptions
+    from emo.generation.pipeline import EMOPipeline, GenerationOptions
 
     if args.batch:
         if args.image or args.audio or args.out:

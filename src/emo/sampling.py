@@ -1,0 +1,94 @@
+"""Sampling: SD1.5's noise schedule, the samplers built on it, and classifier-free guidance (EMO.md §2, §5).
+
+The one home of the schedule: training noises latents with :func:`training_schedule`, generation and the
+trainer's validation samples denoise with :func:`sample` over a scheduler from :func:`make_scheduler`. A
+sampler here is a plain function over a *denoiser* ``(latents, t) -> ε`` (k-diffusion style), so the
+network, its conditions and guidance stay with the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from emo.errors import EmoError
+
+NUM_TRAIN_TIMESTEPS = 1000
+# SD1.5's DDPM schedule (EMO paper Eq. 1): scaled-linear betas 0.00085 -> 0.012, ε-prediction.
+SCHEDULE = dict(
+    num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+)
+SAMPLERS = ("ddim", "dpm++")
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, t) -> ε, float32
+
+
+def training_schedule() -> DDPMScheduler:
+    """The schedule training noises with (``add_noise``, ``alphas_cumprod`` for min-SNR weights)."""
+    return DDPMScheduler(**SCHEDULE)
+
+
+def make_scheduler(sampler: str):
+    """SD1.5's schedule with the chosen sampler: DDIM (the paper's) or DPM-Solver++ 2M (fewer steps)."""
+    inference = dict(SCHEDULE, steps_offset=1, timestep_spacing="leading")
+    if sampler == "ddim":
+        return DDIMScheduler(**inference, clip_sample=False, set_alpha_to_one=False)
+    if sampler == "dpm++":
+        return DPMSolverMultistepScheduler(**inference, algorithm_type="dpmsolver++", solver_order=2)
+    raise EmoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+@torch.no_grad()
+def sample(
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    sampler: str = "ddim",
+    steps: int = 40,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Denoise ``noise`` (unit Gaussian, any shape the denoiser takes) in ``steps`` steps -> clean latents.
+
+    ``callback(step_index, t, latents)`` runs after each step (progress bars, tests).
+    """
+    scheduler = make_scheduler(sampler)
+    scheduler.set_timesteps(steps, device=noise.device)
+    latents = noise * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        eps = denoiser(scheduler.scale_model_input(latents, t), t)
+        latents = scheduler.step(eps, t, latents).prev_sample
+        if callback is not None:
+            callback(i, t, latents)
+    return latents
+
+
+# -- classifier-free guidance (EMO.md §3, ours) ------------------------------------------------------------
+Pass = tuple[bool, bool]  # (reference on, audio on)
+
+
+def guidance_plan(reference_scale: float, audio_scale: float) -> tuple[list[Pass], list[float]]:
+    """Which (reference on, audio on) passes to batch, and how to combine their predictions.
+
+    eps = e(0,0) + s_ref (e(1,0) - e(0,0)) + s_audio (e(1,1) - e(1,0)); passes whose weight would cancel are
+    skipped, so guidance at 1.0 costs nothing.
+    """
+    if reference_scale == 1.0 and audio_scale == 1.0:
+        return [(True, True)], [1.0]
+    if reference_scale == 1.0:
+        return [(True, False), (True, True)], [1.0 - audio_scale, audio_scale]
+    if audio_scale == 1.0:
+        return [(False, True), (True, True)], [1.0 - reference_scale, reference_scale]
+    return (
+        [(False, False), (True, False), (True, True)],
+        [1.0 - reference_scale, reference_scale - audio_scale, audio_scale],
+    )
+
+
+def combine_guidance(eps: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """(P·B, ...) predictions of the plan's P passes, batched in plan order -> the guided (B, ...) one."""
+    return sum(w * e for w, e in zip(weights, eps.chunk(len(weights)), strict=True))
