@@ -15,36 +15,9 @@ import shutil
 from pathlib import Path
 
 from emo.errors import EmoError
+from emo.training.checkpoints import BASE, EMA, TRAINABLE, resolve_checkpoint
 
 log = logging.getLogger(__name__)
-
-STATE = "state.json"  # written last into a checkpoint: a checkpoint without it is incomplete
-TRAINABLE = "trainable.safetensors"
-EMA = "ema.safetensors"
-BASE = "base"
-CHECKPOINTS = "checkpoints"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if (p / STATE).is_file())
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (-> its latest checkpoint)."""
-    path = Path(path)
-    if (path / STATE).is_file():
-        return path
-    if not path.is_dir():
-        raise EmoError(f"{path}: no such run or checkpoint directory")
-    found = list_checkpoints(path)
-    if not found:
-        raise EmoError(f"{path} holds no complete checkpoint (expected {CHECKPOINTS}/step_*/{STATE} from `emo train`)")
-    return found[-1]
-
 
 def load_trained_model(path: str | Path, use_ema: bool = True):
     """The network of an export directory (EMO layout), a run directory or one of its checkpoints."""

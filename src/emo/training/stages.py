@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
+from emo.codec import LatentCodec
 from emo.errors import EmoError
 from emo.training.config import StageConfig
 
@@ -90,20 +91,16 @@ def build_dataset(cfg: StageConfig, root: str | Path | None = None, seed: int | 
 
 
 @torch.no_grad()
-def encode_batch(batch: dict, vae, cfg: StageConfig, generator: torch.Generator, device, dtype) -> ModelInputs:
+def encode_batch(batch: dict, codec: LatentCodec, cfg: StageConfig, generator: torch.Generator, device,
+                 dtype) -> ModelInputs:
     """Dataset items (pixels in [-1, 1]) -> latents and conditions.
 
-    The target frames are a sample of the VAE posterior (as in SD training); the reference and motion frames
-    use its mean, as generation does.
+    The target frames are a sample of the codec's posterior where it has one (the SD VAE, as in SD
+    training); the reference and motion frames use its mean, as generation does.
     """
-    scale = vae.config.scaling_factor
 
     def encode(pixels: torch.Tensor, sample: bool) -> torch.Tensor:  # (N, 3, H, W) -> (N, C, h, w)
-        dist = vae.encode(pixels.to(device, dtype)).latent_dist
-        if not sample:
-            return dist.mean * scale
-        noise = torch.randn(dist.mean.shape, generator=generator).to(device, dtype)
-        return (dist.mean + dist.std * noise) * scale
+        return codec.encode(pixels.to(device, dtype), generator=generator if sample else None)
 
     mask = batch["mask"].to(device)  # (B, 1, H, W)
     reference = encode(batch["reference"], sample=False)  # (B, C, h, w)

@@ -1,21 +1,13 @@
 """The training loop of every stage, on `accelerate`: one CPU, one GPU, several GPUs or nodes, same code.
 
-Loss (EMO paper Eq. 1): L = E[ ||ε - ε_θ(z_t, t, c)||² ] with SD1.5's DDPM schedule, optionally weighted by
-min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting": w = min(SNR, γ) / SNR for
-ε-prediction). Conditions are dropped for classifier-free guidance (EMO.md §3, ours): per sample, with
-probabilities `drop_reference`, `drop_audio`, `drop_both` (exclusive events) the reference *latent* becomes
-zeros and/or the audio *features* become zeros — exactly what generation feeds the unconditional passes.
-In stages 2/3 the motion frames' features are zeroed with probability `drop_motion`, which is how the first
-clip of a video is generated (no previous clip), so that case stays in the training distribution.
+The loss is in `emo.training.loss`, checkpoints and the run layout in `emo.training.checkpoints`, and
+validation samples with `emo.sampling` exactly as generation does.
 
 Determinism: the data order comes from (seed, epoch), each item from the dataset's (seed, epoch, index),
 and every random draw of a micro-batch (VAE sample, noise, timesteps, dropout) from a generator seeded by
 (seed, rank, step, micro-batch). A resumed run therefore repeats the uninterrupted run exactly.
 
-Checkpoints (every `run.checkpoint_every` steps and at the end) hold only what changes: the trained
-parameters (safetensors), their EMA, optimizer / LR schedule / grad-scaler state, RNG state and the data
-position. They are written into a temporary directory that is renamed into place, so a checkpoint directory
-is always complete; the last `run.keep_checkpoints` are kept.
+Checkpoints are written every `run.checkpoint_every` steps and at the end.
 """
 
 from __future__ import annotations
@@ -31,12 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch import nn
+from tqdm.auto import tqdm
 
+from emo.codec import LatentCodec, load_codec, to_uint8_frames
 from emo.errors import EmoError
-from emo.models import Conditioning
-from emo.training import export as layout
+from emo.media import VideoWriter
+from emo.models import EMO, Conditioning
+from emo.sampling import NUM_TRAIN_TIMESTEPS, sample, training_schedule
+from emo.training.checkpoints import BASE, Checkpointer, Position
 from emo.training.config import StageConfig, TrainConfig
+from emo.training.loss import TrainingModel, denoising_loss
 from emo.training.stages import (
     ModelInputs,
     build_dataset,
@@ -48,42 +46,7 @@ from emo.training.stages import (
 
 log = logging.getLogger(__name__)
 
-NUM_TRAIN_TIMESTEPS = 1000
 VALIDATION_STEP = 2**40  # seeds the validation inputs: a step number training never reaches
-
-
-def noise_schedule():
-    """SD1.5's DDPM schedule (EMO.md §2): 1000 steps, scaled-linear betas 0.00085 -> 0.012, ε-prediction."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", prediction_type="epsilon")
-
-
-class TrainingModel(nn.Module):
-    """EMO as one module whose forward uses every trained parameter (ReferenceNet included), so DDP and
-    DeepSpeed see all of them in a single forward call (no `find_unused_parameters`)."""
-
-    def __init__(self, emo):
-        super().__init__()
-        self.emo = emo
-
-    def forward(
-        self,
-        noisy: torch.Tensor,  # (B, F, C, h, w)
-        timesteps: torch.Tensor,  # (B,)
-        reference: torch.Tensor,  # (B, C, h, w), zeros where the reference is dropped
-        motion: torch.Tensor | None,  # (B, n, C, h, w)
-        num_motion: int,
-        keep_motion: torch.Tensor | None,  # (B,) 1 = use the motion frames, 0 = zero features (first clip)
-        cond: Conditioning,
-    ) -> torch.Tensor:
-        features = self.emo.reference_features(reference, motion, num_motion)
-        if features.motion is not None and keep_motion is not None:
-            keep = keep_motion.repeat_interleave(num_motion)[:, None, None, None]  # ((B n), 1, 1, 1)
-            features = type(features)(features.spatial, {k: v * keep.to(v.dtype) for k, v in features.motion.items()},
-                                       num_motion)
-        return self.emo(noisy, timesteps, cond, features)  # (B, F, C, h, w)
 
 
 class EMA:
@@ -97,15 +60,6 @@ class EMA:
     def update(self, named: dict[str, nn.Parameter]) -> None:
         for k, p in named.items():
             self.shadow[k].lerp_(p.detach().float(), 1 - self.decay)
-
-
-@dataclass
-class Position:
-    """Where training is: optimizer steps done and the next micro-batch of the data order."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # next micro-batch within the epoch
 
 
 @dataclass
@@ -128,21 +82,6 @@ def lr_lambda(cfg: StageConfig):
         return 1.0
 
     return factor
-
-
-def dropout_events(u: torch.Tensor, p_reference: float, p_audio: float, p_both: float):
-    """(drop reference, drop audio) per sample from one uniform draw u (B,): the three events
-    "reference only", "audio only" and "both" are exclusive, with the given probabilities."""
-    both = (u >= p_reference + p_audio) & (u < p_reference + p_audio + p_both)
-    return (u < p_reference) | both, ((u >= p_reference) & (u < p_reference + p_audio)) | both
-
-
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023, Eq. 10): min(SNR(t), γ) / SNR(t), with
-    SNR(t) = ᾱ_t / (1 - ᾱ_t). Down-weights the easy low-noise timesteps; 1 where SNR <= γ."""
-    alpha = alphas_cumprod[timesteps]
-    snr = alpha / (1 - alpha)
-    return torch.clamp(snr, max=gamma) / snr
 
 
 def reconcile_deepspeed_config(ds_config: dict, train: TrainConfig, num_processes: int) -> list[str]:
@@ -176,13 +115,11 @@ def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generat
 
 
 class Trainer:
-    """Trains one stage. `dataset` / `vae` may be given directly (benchmarks, tests); by default they are
+    """Trains one stage. `dataset` / `codec` may be given directly (benchmarks, tests); by default they are
     built from the config. A `model` given directly replaces `cfg.init` and is not saved as `base/`, so such
     a run can be neither resumed nor exported (benchmarks only)."""
 
-    def __init__(self, cfg: StageConfig, dataset=None, vae=None, model=None):
-        from accelerate import Accelerator
-
+    def __init__(self, cfg: StageConfig, dataset=None, codec: LatentCodec | None = None, model=None):
         self.cfg = cfg
         self.run_dir = Path(cfg.run.output_dir)
         self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
@@ -196,22 +133,20 @@ class Trainer:
             raise EmoError("train.mixed_precision fp16 needs a GPU (accelerate has no fp16 autocast or grad "
                            "scaler on the CPU); on a CPU use bf16 or no")
         self.dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+        self.checkpoints = Checkpointer(self.run_dir, self.accelerator, cfg.run.keep_checkpoints)
         self._dataset = dataset
-        self._vae = vae
+        self._codec = codec
         self._model = model
         self._validation_inputs: ModelInputs | None = None
 
     # -- setup -------------------------------------------------------------------------------------
     def _setup(self, resume: Path | None) -> None:
-        from emo.models import EMO
-        from emo.models.loading import load_vae
-
         cfg, acc = self.cfg, self.accelerator
-        # The VAE and the data first: a wrong path fails before the network is built and base/ written.
-        vae = self._vae if self._vae is not None else load_vae(cfg.vae)
-        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        # The codec and the data first: a wrong path fails before the network is built and base/ written.
+        codec = self._codec if self._codec is not None else load_codec(cfg.vae)
+        self.codec = codec.to(self.device).eval().requires_grad_(False)
         if self.dtype != torch.float32:
-            self.vae.to(dtype=self.dtype)
+            self.codec.to(dtype=self.dtype)
         self.dataset = self._dataset if self._dataset is not None else build_dataset(cfg)
         self.batches_per_epoch = len(self.dataset) // (cfg.train.batch_size * self.world)
         if self.batches_per_epoch == 0:
@@ -220,7 +155,7 @@ class Trainer:
         if self._model is not None:
             model = self._model
         elif resume is not None:
-            model = EMO.from_pretrained(self.run_dir / layout.BASE)  # what this run started from
+            model = EMO.from_pretrained(self.run_dir / BASE)  # what this run started from
         else:
             model = build_model(cfg)
             if acc.is_main_process:
@@ -263,14 +198,14 @@ class Trainer:
         self.net, self.optimizer = acc.prepare(TrainingModel(model), optimizer)
         self.ema = EMA(self.trainable, t.ema_decay) if t.ema_decay is not None else None
 
-        self.noise = noise_schedule()
+        self.noise = training_schedule()
         self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)
         self.writer = None
 
     def _write_base(self, model) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        base = self.run_dir / layout.BASE
-        temp = self.run_dir / f".{layout.BASE}.tmp"
+        base = self.run_dir / BASE
+        temp = self.run_dir / f".{BASE}.tmp"
         shutil.rmtree(temp, ignore_errors=True)
         model.save_pretrained(temp)
         shutil.rmtree(base, ignore_errors=True)
@@ -297,36 +232,6 @@ class Trainer:
                 yield epoch, b, batch
             epoch, start = epoch + 1, 0
 
-    # -- one micro-batch ---------------------------------------------------------------------------
-    def _loss(self, inputs: ModelInputs, gen: torch.Generator) -> torch.Tensor:
-        t = self.cfg.train
-        target = inputs.target  # (B, F, C, h, w)
-        b = target.shape[0]
-        noise = torch.randn(target.shape, generator=gen)  # (B, F, C, h, w)
-        if t.noise_offset:  # one offset per (video, channel): lets the model shift a clip's mean brightness
-            noise = noise + t.noise_offset * torch.randn((b, 1, target.shape[2], 1, 1), generator=gen)
-        noise = noise.to(self.device)
-        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen).to(self.device)
-        noisy = self.noise.add_noise(target.float(), noise, timesteps)
-
-        drop_ref, drop_audio = dropout_events(torch.rand(b, generator=gen), t.drop_reference, t.drop_audio,
-                                              t.drop_both)
-        drop_ref, drop_audio = drop_ref.to(self.device), drop_audio.to(self.device)
-        reference = inputs.reference * (~drop_ref).to(inputs.reference.dtype)[:, None, None, None]
-        audio = inputs.audio
-        if audio is not None:
-            audio = audio * (~drop_audio).to(audio.dtype)[:, None, None, None, None]
-        keep_motion = None
-        if inputs.motion is not None:
-            keep_motion = (torch.rand(b, generator=gen) >= t.drop_motion).float().to(self.device)
-
-        cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
-        eps = self.net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
-        per_sample = (eps.float() - noise).pow(2).flatten(1).mean(1)  # (B,)  EMO Eq. 1
-        if t.snr_gamma is not None:
-            per_sample = per_sample * min_snr_weights(self.alphas_cumprod, timesteps, t.snr_gamma)
-        return per_sample.mean()
-
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None, stop_at: int | None = None) -> TrainResult:
         """Train to `train.max_steps` (or stop after `stop_at` steps: a checkpoint is written there).
@@ -334,7 +239,7 @@ class Trainer:
         resume: None (fresh run; an existing run directory with checkpoints is refused), "auto" (the latest
         checkpoint of `run.output_dir` if any, else fresh), or a checkpoint directory.
         """
-        checkpoint = self._resolve_resume(resume)
+        checkpoint = self.checkpoints.resolve_resume(resume)
         self._setup(checkpoint)
         position = self._load_checkpoint(checkpoint) if checkpoint is not None else Position()
         self._open_logs(position.step)
@@ -346,8 +251,6 @@ class Trainer:
             return result
         acc, t, r = self.accelerator, self.cfg.train, self.cfg.run
         batches = self._batches(position)
-        from tqdm.auto import tqdm
-
         if checkpoint is None and r.validate_every:
             self.validate(0)  # the starting point of the validation curve
         bar = tqdm(total=end, initial=position.step, desc=f"stage {self.cfg.stage}", unit="step",
@@ -358,10 +261,10 @@ class Trainer:
             for micro in range(t.gradient_accumulation):
                 epoch, b, batch = next(batches)
                 gen = step_generator(t.seed, self.rank, position.step, micro)
-                inputs = encode_batch(batch, self.vae, self.cfg, gen, self.device, self.dtype)
+                inputs = encode_batch(batch, self.codec, self.cfg, gen, self.device, self.dtype)
                 check_audio_features(inputs, self.model)
                 with acc.accumulate(self.net):
-                    loss = self._loss(inputs, gen)
+                    loss = denoising_loss(self.net, inputs, self.noise, self.alphas_cumprod, t, gen, self.device)
                     mean_loss = acc.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(mean_loss):
                         self._close()
@@ -390,7 +293,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if position.step % r.checkpoint_every == 0 or position.step == end:
-                result.last_checkpoint = self._save_checkpoint(position)
+                result.last_checkpoint = self.checkpoints.save(position, self.trainable, self.ema, self.optimizer,
+                                                               self.scheduler, self.cfg.stage, self.cfg.components)
             if r.validate_every and position.step % r.validate_every == 0:
                 self.validate(position.step)
         bar.close()
@@ -441,104 +345,9 @@ class Trainer:
             self.writer.flush()
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _resolve_resume(self, resume) -> Path | None:
-        existing = layout.list_checkpoints(self.run_dir)
-        if resume is None:
-            if existing:
-                raise EmoError(f"{self.run_dir} already has checkpoints; pass --resume auto to continue it, or "
-                               "choose another run.output_dir")
-            return None
-        if str(resume) == "auto":
-            return existing[-1] if existing else None
-        checkpoint = layout.resolve_checkpoint(resume)
-        if checkpoint.parent.parent.resolve() != self.run_dir.resolve():
-            raise EmoError(f"--resume {resume} belongs to run {checkpoint.parent.parent}, not run.output_dir "
-                           f"{self.run_dir}; set run.output_dir={checkpoint.parent.parent}")
-        return checkpoint
-
-    def _save_checkpoint(self, position: Position) -> Path:
-        from safetensors.torch import save_file
-
-        acc = self.accelerator
-        root = self.run_dir / layout.CHECKPOINTS
-        final = root / f"step_{position.step:08d}"
-        temp = root / f".tmp-{final.name}"  # from the step alone (no pid): the same directory on every rank
-        if acc.is_main_process:
-            shutil.rmtree(temp, ignore_errors=True)
-            temp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        save_file(rng, str(temp / f"rng_{self.rank}.safetensors"))
-        if self._deepspeed:
-            acc.save_state(str(temp / "deepspeed"))  # DeepSpeed shards the optimizer: its own format
-        acc.wait_for_everyone()  # every rank's files are in temp/ before the main process renames it
-        if acc.is_main_process:
-            save_file({k: p.detach().cpu().contiguous() for k, p in self.trainable.items()}, str(temp / layout.TRAINABLE))
-            if self.ema is not None:
-                save_file({k: v.cpu().contiguous() for k, v in self.ema.shadow.items()}, str(temp / layout.EMA))
-            if not self._deepspeed:
-                torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
-            scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-            state = {"step": position.step, "epoch": position.epoch, "batch": position.batch,
-                     "scheduler": self.scheduler.state_dict(), "scaler": scaler, "world_size": self.world,
-                     "components": self.cfg.components, "stage": self.cfg.stage}
-            (temp / layout.STATE).write_text(json.dumps(state, indent=2))  # last: marks the checkpoint complete
-            if final.exists():  # rerunning a step after a resume: replace the old copy
-                shutil.rmtree(final)
-            os.replace(temp, final)
-            for old in layout.list_checkpoints(self.run_dir)[:-self.cfg.run.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-            log.info("checkpoint %s", final)
-        acc.wait_for_everyone()
-        return final
-
-    @property
-    def _deepspeed(self) -> bool:
-        from accelerate.utils import DistributedType
-
-        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
-
     def _load_checkpoint(self, checkpoint: Path) -> Position:
-        from safetensors.torch import load_file
-
-        state = json.loads((checkpoint / layout.STATE).read_text())
-        if sorted(state["components"]) != sorted(self.cfg.components):
-            raise EmoError(f"{checkpoint} trained {', '.join(state['components'])}, the config trains "
-                           f"{', '.join(self.cfg.components)}: resume with the run's own config")
-        # Every rank of the saving run wrote its RNG state; one missing means the checkpoint is damaged. All
-        # ranks check all files (same files, same verdict), so none is left waiting for the others.
-        missing = [f"rng_{r}.safetensors" for r in range(state["world_size"])
-                   if not (checkpoint / f"rng_{r}.safetensors").is_file()]
-        if missing:
-            raise EmoError(f"{checkpoint} is incomplete: {', '.join(missing)} missing (it was written by "
-                           f"{state['world_size']} processes); resume from an earlier checkpoint")
-        if state["world_size"] != self.world:
-            log.warning("%s was written by %d processes, resuming on %d: the data order changes from here%s",
-                        checkpoint, state["world_size"], self.world,
-                        f" and ranks >= {state['world_size']} start from a fresh RNG state"
-                        if self.world > state["world_size"] else "")
-        layout.load_trained_parameters(self.model, load_file(str(checkpoint / layout.TRAINABLE)), checkpoint)
-        if self._deepspeed:
-            self.accelerator.load_state(str(checkpoint / "deepspeed"))
-        else:
-            self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu",
-                                                      weights_only=True))
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] is not None and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            ema_file = checkpoint / layout.EMA
-            source = load_file(str(ema_file)) if ema_file.is_file() else self.trainable
-            self.ema.shadow = {k: v.detach().float().clone().to(self.device) for k, v in source.items()}
-        if self.rank < state["world_size"]:
-            rng = load_file(str(checkpoint / f"rng_{self.rank}.safetensors"))
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
-        log.info("resumed from %s (step %d)", checkpoint, state["step"])
-        return Position(state["step"], state["epoch"], state["batch"])
+        return self.checkpoints.load(checkpoint, self.model, self.trainable, self.ema, self.optimizer,
+                                     self.scheduler, self.cfg.components, self.device)
 
     # -- validation --------------------------------------------------------------------------------
     def _fixed_inputs(self) -> ModelInputs:
@@ -550,7 +359,7 @@ class Trainer:
             if hasattr(data, "set_epoch"):
                 data.set_epoch(0)
             batch = torch.utils.data.default_collate([data[0]])
-            self._validation_inputs = encode_batch(batch, self.vae, cfg, step_generator(cfg.train.seed, 0, VALIDATION_STEP, 0),
+            self._validation_inputs = encode_batch(batch, self.codec, cfg, step_generator(cfg.train.seed, 0, VALIDATION_STEP, 0),
                                                    self.device, self.dtype)
         return self._validation_inputs
 
@@ -584,26 +393,20 @@ class Trainer:
         Main process only."""
         if not self.accelerator.is_main_process:
             return None
-        from emo.media import VideoWriter
-        from emo.pipeline import make_scheduler
-
         cfg = self.cfg
         inputs = self._fixed_inputs()
         val_loss = self.validation_loss()
         model = self.model
         model.eval()
-        scheduler = make_scheduler("ddim")
-        scheduler.set_timesteps(cfg.run.validation_steps, device=self.device)
-        latents = torch.randn(inputs.target.shape, generator=torch.Generator().manual_seed(cfg.train.seed)).to(self.device)
+        noise = torch.randn(inputs.target.shape, generator=torch.Generator().manual_seed(cfg.train.seed)).to(self.device)
         cond = Conditioning(audio=inputs.audio, speed=inputs.speed, face_mask=inputs.mask)
         with self.accelerator.autocast():
             features = model.reference_features(inputs.reference, inputs.motion, inputs.num_motion)
-            for t in scheduler.timesteps:
-                eps = model(latents, t.reshape(1).to(self.device), cond, features).float()
-                latents = scheduler.step(eps, t, latents).prev_sample
-            pixels = self.vae.decode(latents[0].to(self.dtype) / self.vae.config.scaling_factor).sample  # (F, 3, H, W)
+            latents = sample(lambda x, t: model(x, t.reshape(1).to(self.device), cond, features).float(), noise,
+                             "ddim", cfg.run.validation_steps)
+            pixels = self.codec.decode(latents[0].to(self.dtype))  # (F, 3, H, W)
         model.train()
-        frames = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (F, 3, H, W)
+        frames = to_uint8_frames(pixels).cpu()  # (F, 3, H, W)
         path = self.run_dir / "samples" / f"step_{step:08d}.mp4"
         with VideoWriter(path, fps=30.0, width=frames.shape[-1], height=frames.shape[-2], overwrite=True,
                          preset="veryfast") as writer:

@@ -1,0 +1,93 @@
+"""The training loss (EMO paper Eq. 1): L = E[ ||ε - ε_θ(z_t, t, c)||² ] with SD1.5's DDPM schedule.
+
+Optionally weighted by min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting":
+w = min(SNR, γ) / SNR for ε-prediction). Conditions are dropped for classifier-free guidance (EMO.md §3, ours):
+per sample, with probabilities `drop_reference`, `drop_audio`, `drop_both` (exclusive events) the reference
+*latent* becomes zeros and/or the audio *features* become zeros — exactly what generation feeds the
+unconditional passes. In stages 2/3 the motion frames' features are zeroed with probability `drop_motion`,
+which is how the first clip of a video is generated (no previous clip), so that case stays in the training
+distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from emo.models import Conditioning
+from emo.sampling import NUM_TRAIN_TIMESTEPS
+from emo.training.config import TrainConfig
+from emo.training.stages import ModelInputs
+
+
+class TrainingModel(nn.Module):
+    """EMO as one module whose forward uses every trained parameter (ReferenceNet included), so DDP and
+    DeepSpeed see all of them in a single forward call (no `find_unused_parameters`)."""
+
+    def __init__(self, emo):
+        super().__init__()
+        self.emo = emo
+
+    def forward(
+        self,
+        noisy: torch.Tensor,  # (B, F, C, h, w)
+        timesteps: torch.Tensor,  # (B,)
+        reference: torch.Tensor,  # (B, C, h, w), zeros where the reference is dropped
+        motion: torch.Tensor | None,  # (B, n, C, h, w)
+        num_motion: int,
+        keep_motion: torch.Tensor | None,  # (B,) 1 = use the motion frames, 0 = zero features (first clip)
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        features = self.emo.reference_features(reference, motion, num_motion)
+        if features.motion is not None and keep_motion is not None:
+            keep = keep_motion.repeat_interleave(num_motion)[:, None, None, None]  # ((B n), 1, 1, 1)
+            features = type(features)(features.spatial, {k: v * keep.to(v.dtype) for k, v in features.motion.items()},
+                                       num_motion)
+        return self.emo(noisy, timesteps, cond, features)  # (B, F, C, h, w)
+
+
+def dropout_events(u: torch.Tensor, p_reference: float, p_audio: float, p_both: float):
+    """(drop reference, drop audio) per sample from one uniform draw u (B,): the three events
+    "reference only", "audio only" and "both" are exclusive, with the given probabilities."""
+    both = (u >= p_reference + p_audio) & (u < p_reference + p_audio + p_both)
+    return (u < p_reference) | both, ((u >= p_reference) & (u < p_reference + p_audio)) | both
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023, Eq. 10): min(SNR(t), γ) / SNR(t), with
+    SNR(t) = ᾱ_t / (1 - ᾱ_t). Down-weights the easy low-noise timesteps; 1 where SNR <= γ."""
+    alpha = alphas_cumprod[timesteps]
+    snr = alpha / (1 - alpha)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def denoising_loss(net: nn.Module, inputs: ModelInputs, schedule, alphas_cumprod: torch.Tensor, t: TrainConfig,
+                   gen: torch.Generator, device) -> torch.Tensor:
+    """EMO Eq. 1 on one micro-batch. ``net`` is the (accelerate-prepared) :class:`TrainingModel`; every
+    random draw (noise, timesteps, condition dropout) comes from ``gen``."""
+    target = inputs.target  # (B, F, C, h, w)
+    b = target.shape[0]
+    noise = torch.randn(target.shape, generator=gen)  # (B, F, C, h, w)
+    if t.noise_offset:  # one offset per (video, channel): lets the model shift a clip's mean brightness
+        noise = noise + t.noise_offset * torch.randn((b, 1, target.shape[2], 1, 1), generator=gen)
+    noise = noise.to(device)
+    timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen).to(device)
+    noisy = schedule.add_noise(target.float(), noise, timesteps)
+
+    drop_ref, drop_audio = dropout_events(torch.rand(b, generator=gen), t.drop_reference, t.drop_audio,
+                                          t.drop_both)
+    drop_ref, drop_audio = drop_ref.to(device), drop_audio.to(device)
+    reference = inputs.reference * (~drop_ref).to(inputs.reference.dtype)[:, None, None, None]
+    audio = inputs.audio
+    if audio is not None:
+        audio = audio * (~drop_audio).to(audio.dtype)[:, None, None, None, None]
+    keep_motion = None
+    if inputs.motion is not None:
+        keep_motion = (torch.rand(b, generator=gen) >= t.drop_motion).float().to(device)
+
+    cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
+    eps = net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
+    per_sample = (eps.float() - noise).pow(2).flatten(1).mean(1)  # (B,)  EMO Eq. 1
+    if t.snr_gamma is not None:
+        per_sample = per_sample * min_snr_weights(alphas_cumprod, timesteps, t.snr_gamma)
+    return per_sample.mean()
