@@ -32,6 +32,22 @@ def tiny_diffusers_unet(seed: int = 0):
     return unet.eval()
 
 
+def tiny_motion_adapter(seed: int = 4):
+    """A diffusers MotionAdapter (AnimateDiff's temporal modules) for the tiny preset, random (non-zero) weights."""
+    from diffusers import MotionAdapter
+
+    cfg = tiny()
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(block_out_channels=cfg.block_out_channels, motion_layers_per_block=cfg.layers_per_block,
+                            motion_mid_block_layers_per_block=1, motion_num_attention_heads=cfg.temporal_heads,
+                            motion_norm_num_groups=cfg.norm_num_groups, motion_max_seq_length=32,
+                            use_motion_mid_block=True)
+    with torch.no_grad():  # its output projections start at zero: wake them for a real test
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return adapter
+
+
 def diffusers_to_ldm_unet(state: dict[str, torch.Tensor], layers_per_block: int) -> dict[str, torch.Tensor]:
     """Rename a diffusers UNet state dict to the original LDM single-file layout (model.diffusion_model.*)."""
     resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",

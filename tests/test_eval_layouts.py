@@ -14,6 +14,7 @@ import torch
 
 from emo.errors import EmoError
 from emo.eval import arcface, expression, i3d, inception, lpips, syncnet
+from emo.tiny import random_state_dict
 
 LAYOUTS = Path(__file__).parent / "data" / "eval_layouts"
 
@@ -58,22 +59,9 @@ def test_state_dict_matches_public_layout(layout, build):
     assert not wrong
 
 
-def _randomised(model):
-    torch.manual_seed(0)
-    state = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("running_var"):
-            state[k] = torch.rand_like(v) + 0.5
-        elif v.is_floating_point():
-            state[k] = torch.randn_like(v) * 0.05
-        else:
-            state[k] = v
-    return state
-
-
 def test_inception_loads_public_file_and_gives_pool_features(tmp_path):
     model = inception.FIDInceptionV3()
-    state = _randomised(model)
+    state = random_state_dict(model)
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # older files lack them
     path = tmp_path / inception.WEIGHTS_NAME
     torch.save(state, path)
@@ -88,7 +76,7 @@ def test_inception_loads_public_file_and_gives_pool_features(tmp_path):
 def test_syncnet_loads_public_file_and_scores(tmp_path):
     model = syncnet.SyncNet()
     path = tmp_path / syncnet.WEIGHTS_NAME
-    torch.save(_randomised(model), path)
+    torch.save(random_state_dict(model), path)
     loaded = syncnet.load_syncnet(path)
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (12, 224, 224, 3), dtype=np.uint8)
@@ -100,7 +88,7 @@ def test_syncnet_loads_public_file_and_scores(tmp_path):
 def test_arcface_loader_reads_depth_from_keys(tmp_path):
     small = arcface.IResNet((1, 2, 1, 1))
     path = tmp_path / arcface.WEIGHTS_NAME
-    torch.save(_randomised(small), path)
+    torch.save(random_state_dict(small), path)
     loaded = arcface.load_arcface(path)
     assert len(loaded.layer2) == 2
     faces = [np.random.default_rng(i).integers(0, 256, (112, 112, 3), dtype=np.uint8) for i in range(2)]
@@ -110,7 +98,7 @@ def test_arcface_loader_reads_depth_from_keys(tmp_path):
 
 def test_deep3d_loads_checkpoint_with_net_recon(tmp_path):
     model = expression.Deep3DRecon()
-    state = _randomised(model)
+    state = random_state_dict(model)
     path = tmp_path / expression.WEIGHTS_NAME
     torch.save({"net_recon": state, "epoch": 20}, path)  # epoch_20.pth keeps the regressor under net_recon
     loaded = expression.load_deep3d(path)
@@ -166,7 +154,7 @@ def test_i3d_torchscript_loads_and_is_called_like_stylegan_v(tmp_path):
 
 def test_lpips_loads_heads_and_torchvision_backbone(tmp_path):
     model = lpips.LPIPS("alex")
-    state = _randomised(model)
+    state = random_state_dict(model)
     heads = {k: v.abs() for k, v in state.items() if k.startswith("lin")}  # v0.1 heads are non-negative
     backbone = {k: v for k, v in state.items() if k.startswith("features.")}
     backbone["classifier.1.weight"] = torch.zeros(4096, 9216)  # torchvision files carry the classifier too

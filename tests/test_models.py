@@ -15,7 +15,7 @@ from emo.models.loading import load_motion_module, load_sd15, read_state_dict
 from emo.models.pathways import PATHWAYS, parameter_pathways
 from emo.models.speed_encoder import bucket_centres, speed_buckets
 from emo.models.unet import EMOUNet
-from models_helpers import animatediff_layout, diffusers_to_ldm_unet, tiny_diffusers_unet
+from models_helpers import animatediff_layout, diffusers_to_ldm_unet, tiny_diffusers_unet, tiny_motion_adapter
 
 CFG = tiny()
 B, F, H, W = 1, 6, 8, 12  # non-square latents on purpose
@@ -202,16 +202,9 @@ def test_animatediff_checkpoint_loads_into_temporal_modules(tmp_path, suffix):
 
 
 def test_motion_adapter_folder_matches_diffusers_animatediff(tmp_path, sd_folder):
-    from diffusers import MotionAdapter, UNetMotionModel
+    from diffusers import UNetMotionModel
 
-    torch.manual_seed(4)
-    adapter = MotionAdapter(block_out_channels=CFG.block_out_channels, motion_layers_per_block=CFG.layers_per_block,
-                            motion_mid_block_layers_per_block=1, motion_num_attention_heads=CFG.temporal_heads,
-                            motion_norm_num_groups=CFG.norm_num_groups, motion_max_seq_length=32,
-                            use_motion_mid_block=True)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    adapter = tiny_motion_adapter()
     adapter.save_pretrained(tmp_path / "adapter")
 
     model = EMO.from_config(CFG).eval()

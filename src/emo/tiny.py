@@ -96,3 +96,27 @@ def save_tiny_weights(directory: str | Path, seed: int = 0, awake: bool = True) 
     tiny_vae(seed).save_pretrained(directory / "vae", safe_serialization=True)
     tiny_audio_model(seed).save_pretrained(directory / "wav2vec2", safe_serialization=True)
     return directory
+
+
+def random_state_dict(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with small random values: N(0, scale²) floats, running variances in [0.5, 1.5)
+    (a normalisation needs them positive), integer entries (batch counters) as they are."""
+    torch.manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("running_var"):
+            state[key] = torch.rand_like(value) + 0.5
+        elif value.is_floating_point():
+            state[key] = torch.randn_like(value) * scale
+        else:
+            state[key] = value
+    return state
+
+
+def save_random_weights(model: torch.nn.Module, path: str | Path, wrap: str | None = None,
+                        scale: float = 0.05) -> Path:
+    """Write `random_state_dict(model)` as a torch file, under the key ``wrap`` if given (as some public
+    checkpoints nest their weights); returns the path."""
+    state = random_state_dict(model, scale)
+    torch.save({wrap: state} if wrap else state, path)
+    return Path(path)
