@@ -1,28 +1,13 @@
 """The EMO network: one UNet class (backbone and ReferenceNet) plus the small condition encoders.
 
-The names below are imported on first use, so that importing a light submodule (``emo.models.bench`` for
-the ``emo --help`` parser) does not pull in torch and diffusers.
+Importing this package loads torch and diffusers; the `emo` command's parsers never import it, so
+`emo --help` stays quick (tests/test_cli.py checks it).
 """
 
-from __future__ import annotations
+from emo.models.audio_projector import AudioProjector
+from emo.models.emo import EMO, Conditioning, ReferenceFeatures
+from emo.models.face_locator import FaceLocator
+from emo.models.speed_encoder import SpeedEncoder
+from emo.models.unet import EMOUNet
 
-import importlib
-
-_HOMES = {
-    "EMO": "emo.models.emo",
-    "Conditioning": "emo.models.emo",
-    "ReferenceFeatures": "emo.models.emo",
-    "EMOUNet": "emo.models.unet",
-    "AudioProjector": "emo.models.audio_projector",
-    "FaceLocator": "emo.models.face_locator",
-    "SpeedEncoder": "emo.models.speed_encoder",
-}
-__all__ = list(_HOMES)
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__all__ = ["EMO", "Conditioning", "ReferenceFeatures", "EMOUNet", "AudioProjector", "FaceLocator", "SpeedEncoder"]
