@@ -14,8 +14,9 @@ import soundfile as sf
 import torch
 
 from emo.errors import EmoError
+from emo.generation.pipeline import EMOPipeline, GenerationOptions, clip_window
 from emo.media import iter_video_frames, load_audio, probe_video
-from emo.pipeline import EMOPipeline, GenerationOptions, clip_window, guidance_plan
+from emo.sampling import guidance_plan
 from emo.tiny import save_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,12 +194,16 @@ def test_vae_encodes_once_per_video_and_decodes_in_chunks(pipe, short_audio, tmp
     from dataclasses import replace
 
     encoded, decoded = [], []
-    encode, decode = pipe.vae.encode, pipe.vae.decode
-    pipe.vae.encode = lambda x, *a, **k: encoded.append(x.shape[0]) or encode(x, *a, **k)
-    pipe.vae.decode = lambda z, *a, **k: decoded.append(z.shape[0]) or decode(z, *a, **k)
+    vae = pipe.codec.vae  # hooks on the VAE's encoder / decoder networks count their batch sizes
+    hooks = [vae.encoder.register_forward_pre_hook(lambda _, args: encoded.append(args[0].shape[0])),
+             vae.decoder.register_forward_pre_hook(lambda _, args: decoded.append(args[0].shape[0]))]
     opts = replace(FAST, decode_chunk=5)
-    for name in ("a", "b"):
-        pipe.generate(PORTRAIT, short_audio, tmp_path / f"{name}.mp4", opts, progress=False)
+    try:
+        for name in ("a", "b"):
+            pipe.generate(PORTRAIT, short_audio, tmp_path / f"{name}.mp4", opts, progress=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert encoded == [1, 1]  # the portrait, once per video
     # Per video: clip 1 keeps 12 frames (5 + 5 + 2), the trimmed clip 2 keeps 3.
     assert decoded == [5, 5, 2, 3] * 2
@@ -208,7 +213,7 @@ def test_vae_encodes_once_per_video_and_decodes_in_chunks(pipe, short_audio, tmp
 @pytest.mark.parametrize("f, m", [(12, 2), (4, 2), (1, 2), (12, 0), (3, 4)])
 def test_clip_windows_are_the_whole_track_windows(total, f, m):
     """Each clip's windows equal the old whole-track window(), padded to full clips with its last row."""
-    from emo.conditioning.temporal import window
+    from emo.conditioning.windows import window
 
     features = torch.randn(total, 3, 4)  # (F, L, D)
     clips = math.ceil(total / f)

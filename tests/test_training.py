@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from emo.errors import EmoError
 from emo.models import EMO
-from emo.training import export as layout
+from emo.training import checkpoints as layout
 from emo.training.config import STAGE_COMPONENTS, config_from_dict, load_config
+from emo.training.export import load_trained_model
 from emo.training.trainer import Trainer
 
 DATA = Path(__file__).parent / "data"
@@ -39,26 +40,15 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
-    from diffusers import MotionAdapter
-
-    from emo.config import tiny
-    from emo.data.preprocess import PreprocessConfig, run_preprocess
+    from emo.data.dataset_config import PreprocessConfig
+    from emo.data.preprocess import run_preprocess
     from emo.tiny import tiny_audio_model, tiny_vae
-    from models_helpers import tiny_diffusers_unet
+    from models_helpers import tiny_diffusers_unet, tiny_motion_adapter
 
     root = tmp_path_factory.mktemp("training")
     tiny_diffusers_unet().save_pretrained(root / "sd15" / "unet")  # a diffusers pipeline folder's unet/
     tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
-    cfg = tiny()
-    torch.manual_seed(4)
-    adapter = MotionAdapter(block_out_channels=cfg.block_out_channels, motion_layers_per_block=cfg.layers_per_block,
-                            motion_mid_block_layers_per_block=1, motion_num_attention_heads=cfg.temporal_heads,
-                            motion_norm_num_groups=cfg.norm_num_groups, motion_max_seq_length=32,
-                            use_motion_mid_block=True)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    adapter.save_pretrained(root / "motion_adapter")
+    tiny_motion_adapter().save_pretrained(root / "motion_adapter")
     tiny_audio_model().save_pretrained(root / "wav2vec2", safe_serialization=True)
     # 4 s of a real talking head -> one 120-frame clip at 30 fps, 64², with wav2vec2 features.
     summary = run_preprocess([DATA / "hdtf_speech_256_4s.mp4"], root / "dataset",
@@ -130,7 +120,7 @@ def test_bad_config_values_name_the_field(override, message):
 
 
 def test_condition_dropout_frequencies():
-    from emo.training.trainer import dropout_events
+    from emo.training.loss import dropout_events
 
     u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
     ref, audio = dropout_events(u, 0.05, 0.05, 0.05)
@@ -142,9 +132,10 @@ def test_condition_dropout_frequencies():
 
 
 def test_min_snr_weights_down_weight_only_low_noise_steps():
-    from emo.training.trainer import min_snr_weights, noise_schedule
+    from emo.sampling import training_schedule
+    from emo.training.loss import min_snr_weights
 
-    alphas = noise_schedule().alphas_cumprod
+    alphas = training_schedule().alphas_cumprod
     t = torch.tensor([0, 50, 200, 500, 999])
     w = min_snr_weights(alphas, t, 5.0)
     snr = alphas[t] / (1 - alphas[t])
@@ -200,7 +191,7 @@ def test_each_stage_trains_exactly_its_components(runs):
             "ff.net.2.weight", "ff.net.2.bias")}
     for stage, run_dir in runs.items():
         before = EMO.from_pretrained(run_dir / layout.BASE)
-        after = layout.load_trained_model(run_dir)
+        after = load_trained_model(run_dir)
         trained = named_groups(before, STAGE_COMPONENTS[stage]) - never_used
         a = dict(after.named_parameters())
         changed = {k for k, p in before.named_parameters() if not torch.equal(p, a[k])}
@@ -218,7 +209,7 @@ def test_stages_start_from_the_weights_they_name(assets, runs):
     base1 = EMO.from_pretrained(runs[1] / layout.BASE).backbone.state_dict()
     assert torch.equal(base1["conv_in.weight"], sd["conv_in.weight"])
     base2 = EMO.from_pretrained(runs[2] / layout.BASE)
-    stage1 = layout.load_trained_model(runs[1])
+    stage1 = load_trained_model(runs[1])
     for k, v in stage1.reference_net.state_dict().items():
         assert torch.equal(base2.reference_net.state_dict()[k], v), k
     motion = read_motion_module(assets["adapter"])  # the adapter in AnimateDiff names
@@ -406,17 +397,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_pa
 
 def test_export_writes_what_generate_reads(assets, runs, tmp_path):
     from emo.cli import main
-    from emo.pipeline import EMOPipeline
+    from emo.generation.pipeline import EMOPipeline
 
     out = tmp_path / "weights"
     assert main(["train", "export", str(runs[3]), "--out", str(out),
                  "--audio-encoder", str(assets["wav2vec2"])]) == 0
     exported = EMO.from_pretrained(out)
-    trained = layout.load_trained_model(runs[3])
+    trained = load_trained_model(runs[3])
     t = dict(trained.named_parameters())
     assert all(torch.equal(p, t[k]) for k, p in exported.named_parameters())
     pipe = EMOPipeline.from_weights(out)  # vae/ and wav2vec2/ found inside the directory
-    assert pipe.vae.config.latent_channels == 4
+    assert pipe.codec.latent_channels == 4
     assert main(["train", "export", str(runs[3]), "--out", str(out)]) == 2  # exists, no --overwrite
 
 
