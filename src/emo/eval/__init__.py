@@ -9,7 +9,9 @@
   landmark expression proxy that needs no weights.
 - :mod:`~emo.eval.reconstruction`: PSNR / SSIM.
 - :mod:`~emo.eval.motion`: head-motion statistics of EMO's speed ablation.
-- :mod:`~emo.eval.evaluate`: pairs videos, runs the metrics; :mod:`~emo.eval.report`: JSON + markdown.
+- :mod:`~emo.eval.metrics`: the metric protocol: one :class:`~emo.eval.metrics.Metric` object per metric
+  (each next to its network above), and the registry.
+- :mod:`~emo.eval.evaluate`: pairs videos, hands each to the metrics; :mod:`~emo.eval.report`: JSON + markdown.
 
 Learned metrics load public weight files from paths the user gives; without them a metric is reported
 "unavailable" together with the flag that enables it, never computed with a substitute network.

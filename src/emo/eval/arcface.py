@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from emo.errors import EmoError
+from emo.eval.metrics import Entry, Metric, Video, mean
 
 FLAG = "--arcface"
 WEIGHTS_NAME = "backbone.pth"
@@ -134,3 +135,73 @@ def fsim(model: IResNet, reference: np.ndarray, faces: list[np.ndarray]) -> floa
     embeddings = embed(model, [reference, *faces])
     cosine = np.clip(embeddings[1:] @ embeddings[0], -1.0, 1.0)  # round-off can pass 1
     return float(np.mean(cosine) * 100.0)
+
+
+class FSIM(Metric):
+    """F-SIM: ArcFace cosine × 100 between the reference portrait and each video's faces.
+
+    EMO.md §6: for F-SIM "closer to ground truth is better" (a still face would score near 100), so the
+    ground truth's own F-SIM against the same portrait is reported next to it.
+    """
+
+    entries = (Entry("fsim", "F-SIM", "closer", closer_to="reference_fsim"),
+               Entry("reference_fsim", "F-SIM, ground truth", ""))  # fmt: skip
+    flag, weights_name = FLAG, WEIGHTS_NAME
+
+    def __init__(self, config, timed):
+        super().__init__(config, timed)
+        self.values, self.reference_values = [], []  # per video, generated and ground truth
+        self.still_analyzer = None  # Face Mesh for the reference portraits
+
+    def load(self) -> None:
+        super().load()
+        if self.available:
+            from emo.conditioning.face import FaceAnalyzer
+
+            self.still_analyzer = FaceAnalyzer()
+
+    def load_network(self, path):
+        return load_arcface(path)
+
+    def close(self) -> None:
+        if self.still_analyzer is not None:
+            self.still_analyzer.close()
+
+    def update(self, video: Video, row: dict) -> None:
+        value, value_ref = self.timed("fsim", self._fsim, video)
+        if value is not None:
+            self.values.append(value)
+            row["fsim"] = value
+        if value_ref is not None:
+            self.reference_values.append(value_ref)
+            row["reference_fsim"] = value_ref
+
+    def _fsim(self, video: Video) -> tuple[float | None, float | None]:
+        """(F-SIM of the generated video, F-SIM of the ground truth), both against the same reference image."""
+        from emo.media import load_image
+
+        pair, stride = video.pair, self.config.frame_stride
+        if pair.image is not None:
+            image = load_image(pair.image)
+            ref_obs = self.still_analyzer.analyze(image)
+        else:
+            image, ref_obs = video.ref[0], video.obs_ref[0]
+        if ref_obs is None:
+            self.notes.append(f"{pair.stem}: no face in the reference")
+            return None, None
+        reference = align_face(image, ref_obs.landmarks)
+        values = []
+        for frames, obs, who in ((video.gen, video.obs_gen, "generated"),
+                                 (video.ref, video.obs_ref, "ground-truth")):  # fmt: skip
+            faces = [align_face(f, o.landmarks)
+                     for f, o in zip(frames[::stride], obs[::stride], strict=True) if o is not None]  # fmt: skip
+            if not faces:
+                self.notes.append(f"{pair.stem}: no face in the {who} video")
+            values.append(fsim(self.net, reference, faces) if faces else None)
+        return values[0], values[1]
+
+    def compute(self) -> list[tuple[float | None, str]]:
+        return [
+            (mean(self.values), "mean cosine × 100; closer to the ground truth's F-SIM is better"),
+            (mean(self.reference_values), "the ground-truth videos against the same reference image"),
+        ]

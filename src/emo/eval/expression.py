@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emo.eval.metrics import Entry, FrechetMetric, Video
+
 FLAG = "--deep3d"
 WEIGHTS_NAME = "epoch_20.pth"
 HEADS = (80, 64, 80, 3, 27, 2, 1)  # id, exp, tex, angle, gamma, (tx, ty), tz
@@ -143,3 +145,33 @@ def landmark_expression(landmarks: np.ndarray, rotation: np.ndarray) -> np.ndarr
     frontal = points @ np.asarray(rotation, dtype=np.float64)  # R^T applied to each row vector
     iod = np.linalg.norm(frontal[468] - frontal[473]) + 1e-9
     return np.array([np.linalg.norm(frontal[a] - frontal[b]) / iod for a, b in _PAIRS.values()])
+
+
+class EFID(FrechetMetric):
+    """E-FID: Deep3DFaceRecon expression coefficients of every frame_stride-th face."""
+
+    entries = (Entry("efid", "E-FID", "lower"),)
+    flag, weights_name, stage = FLAG, WEIGHTS_NAME, "efid"
+
+    def load_network(self, path):
+        return load_deep3d(path)
+
+    def update(self, video: Video, row: dict) -> None:
+        stride = self.config.frame_stride
+        for frames, obs, features in ((video.gen, video.obs_gen, self.gen_features),
+                                      (video.ref, video.obs_ref, self.ref_features)):  # fmt: skip
+            faces = [align_deep3d(f, o.landmarks)
+                     for f, o in zip(frames[::stride], obs[::stride], strict=True) if o]  # fmt: skip
+            if faces:
+                features.append(self.timed("efid", expression_coefficients, self.net, faces))
+
+
+class LandmarkExpressionFD(FrechetMetric):
+    """The weight-free E-FID proxy: Fréchet distance of :func:`landmark_expression` over every face."""
+
+    entries = (Entry("lmk_expr_fd", "Landmark expression FD (proxy)", "lower"),)
+    stage = "lmk"
+
+    def update(self, video: Video, row: dict) -> None:
+        for obs, features in ((video.obs_gen, self.gen_features), (video.obs_ref, self.ref_features)):
+            features += [landmark_expression(o.landmarks, o.pose.rotation) for o in obs if o]

@@ -18,6 +18,7 @@ on the CPU, and switch it to eval mode.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 
@@ -25,6 +26,9 @@ import numpy as np
 import torch
 
 from emo.errors import EmoError
+from emo.eval.metrics import Entry, FrechetMetric, Video
+
+logger = logging.getLogger(__name__)
 
 FLAG = "--i3d"
 WEIGHTS_NAME = "i3d_torchscript.pt"
@@ -74,3 +78,30 @@ def i3d_features(detector, clips: list[np.ndarray], batch_size: int = 4) -> np.n
         features = detector(videos.contiguous(), rescale=True, resize=True, return_features=True)
         out.append(features.double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 400))
+
+
+class FVD(FrechetMetric):
+    """FVD: I3D features of consecutive 16-frame clips, generated vs ground truth."""
+
+    entries = (Entry("fvd", "FVD", "lower"),)
+    flag, weights_name, stage = FLAG, WEIGHTS_NAME, "fvd"
+
+    def load_network(self, path):
+        return load_i3d(path)
+
+    def update(self, video: Video, row: dict) -> None:
+        stem = video.pair.stem
+        if abs(video.gen_fps - video.ref_fps) > 1e-3 * video.ref_fps:
+            # FVD takes 16 consecutive frames on each side: at other rates they span other durations.
+            logger.warning(
+                "%s: generated at %.4g fps, ground truth at %.4g fps; FVD's 16-frame clips then cover "
+                "different durations (generate at the ground truth's frame rate)",
+                stem, video.gen_fps, video.ref_fps,
+            )  # fmt: skip
+            self.notes.append(f"{stem}: {video.gen_fps:.4g} fps vs ground truth {video.ref_fps:.4g}")
+        for frames, features in ((video.gen, self.gen_features), (video.ref, self.ref_features)):
+            clips = video_clips(frames)
+            if clips:
+                features.append(self.timed("fvd", i3d_features, self.net, clips))
+            else:
+                self.notes.append(f"{stem}: shorter than {CLIP_FRAMES} frames")

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emo.eval.metrics import Entry, FrechetMetric, Video
+
 FLAG = "--inception"
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -194,3 +196,18 @@ def inception_features(model: FIDInceptionV3, frames: list[np.ndarray], batch_si
         )  # (B, 3, H, W)
         out.append(model(batch.float() / 255.0).double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 2048))
+
+
+class FID(FrechetMetric):
+    """FID: Inception-v3 pool features of every frame_stride-th frame, generated vs ground truth."""
+
+    entries = (Entry("fid", "FID", "lower"),)
+    flag, weights_name, stage = FLAG, WEIGHTS_NAME, "fid"
+
+    def load_network(self, path):
+        return load_inception(path)
+
+    def update(self, video: Video, row: dict) -> None:
+        stride = self.config.frame_stride
+        for frames, features in ((video.gen, self.gen_features), (video.ref, self.ref_features)):
+            features.append(self.timed("fid", inception_features, self.net, frames[::stride]))

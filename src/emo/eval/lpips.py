@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from emo.errors import EmoError
+from emo.eval.metrics import Entry, Metric, Video, mean
 
 FLAG = "--lpips"
 BACKBONE_FLAG = "--lpips-backbone"
@@ -112,3 +113,35 @@ def lpips_distances(
         y = torch.from_numpy(np.stack(b[start : start + batch_size])).permute(0, 3, 1, 2).float() / 127.5 - 1
         out.append(model(x, y).double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+class LPIPSDistance(Metric):
+    """LPIPS of every frame_stride-th paired frame (:attr:`~emo.eval.metrics.Video.paired_frames`)."""
+
+    entries = (Entry("lpips", "LPIPS", "lower"),)
+    flag = FLAG
+    weights_name = "LPIPS v0.1 alex.pth/vgg.pth + torchvision backbone"
+    enable = f"{FLAG} PATH {BACKBONE_FLAG} PATH"
+
+    def __init__(self, config, timed):
+        super().__init__(config, timed)
+        self.values: list[float] = []  # per paired frame
+
+    def load(self) -> None:
+        if bool(self.config.lpips) != bool(self.config.lpips_backbone):
+            raise EmoError(
+                "LPIPS needs both --lpips (v0.1 heads) and --lpips-backbone (torchvision alexnet/vgg16)"
+            )
+        super().load()
+
+    def load_network(self, path):
+        return load_lpips(path, self.config.lpips_backbone)
+
+    def update(self, video: Video, row: dict) -> None:
+        pairs = video.paired_frames[:: self.config.frame_stride]
+        d = self.timed("lpips", lpips_distances, self.net, [g for g, _ in pairs], [r for _, r in pairs])
+        row["lpips"] = float(np.mean(d))
+        self.values += list(d)
+
+    def compute(self) -> list[tuple[float | None, str]]:
+        return [(mean(self.values), f"{self.net.net_type}, paired frames")]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from emo.eval.metrics import Entry, Metric, Video
+
 
 def video_rotation_speed(observations, fps: float) -> np.ndarray | None:
     """Per-frame head speed (°/frame at 30 fps) of one video's face observations; None if no face."""
@@ -38,3 +40,35 @@ def head_motion_stats(speeds: list[np.ndarray]) -> dict[str, float]:
         "within_clip_variance": float(np.mean([np.var(s) for s in speeds])),
         "clip_mean_variance": float(np.var(means)),
     }
+
+
+_STATS = (("mean_velocity", "head velocity mean (°/frame @30 fps)"),
+          ("within_clip_variance", "head velocity within-clip variance"),
+          ("clip_mean_variance", "head velocity variance of clip means"))  # fmt: skip
+_SIDES = (("", "generated"), ("reference_", "ground truth"))
+
+
+class HeadMotion(Metric):
+    """The statistics above for the generated and the ground-truth videos."""
+
+    entries = tuple(Entry(f"{prefix}head_{key}", f"{label}, {who}", "")
+                    for prefix, who in _SIDES for key, label in _STATS)  # fmt: skip
+
+    def __init__(self, config, timed):
+        super().__init__(config, timed)
+        self.gen_speeds, self.ref_speeds = [], []  # per video, (N,) °/frame
+
+    def update(self, video: Video, row: dict) -> None:
+        for obs, fps, speeds, key in ((video.obs_gen, video.gen_fps, self.gen_speeds, "head_velocity"),
+                                      (video.obs_ref, video.ref_fps, self.ref_speeds, "reference_head_velocity")):  # fmt: skip
+            speed = self.timed("motion", video_rotation_speed, obs, fps)
+            if speed is not None:
+                speeds.append(speed)
+                row[key] = float(speed.mean())
+
+    def compute(self) -> list[tuple[float | None, str]]:
+        out = []
+        for speeds in (self.gen_speeds, self.ref_speeds):
+            stats = head_motion_stats(speeds) if speeds else None
+            out += [(stats[key], "") if stats else (None, "no face found") for key, _ in _STATS]
+        return out

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from emo.errors import EmoError
+from emo.eval.metrics import Entry, Metric, Video, mean
+
 UPPER_LIP, LOWER_LIP = 13, 14  # Face Mesh inner-lip midpoints
 EYES = (468, 473)  # iris centres
 
@@ -70,3 +73,37 @@ def mouth_audio_correlation(mouth: np.ndarray, loudness: np.ndarray, max_lag: in
         if np.isfinite(r) and not r <= best:
             best, best_lag = r, lag
     return best, best_lag
+
+
+class MouthAudio(Metric):
+    """The weight-free lip-sync proxy: :func:`mouth_audio_correlation` of each generated video."""
+
+    entries = (Entry("mouth_audio_corr", "Mouth-audio correlation (proxy)", "higher"),)
+
+    def __init__(self, config, timed):
+        super().__init__(config, timed)
+        self.values: list[float] = []  # per video
+
+    def update(self, video: Video, row: dict) -> None:
+        corr = self.timed("mouth", self._correlation, video)
+        if corr is not None:
+            self.values.append(corr[0])
+            row["mouth_audio_corr"], row["mouth_audio_lag"] = corr
+
+    def _correlation(self, video: Video) -> tuple[float, int] | None:
+        from emo.media import load_audio
+
+        try:
+            audio = load_audio(video.pair.generated, sample_rate=16000)
+        except EmoError as exc:
+            self.notes.append(f"{video.pair.stem}: {exc}")
+            return None
+        opening = mouth_opening(video.obs_gen)
+        r, lag = mouth_audio_correlation(opening, audio_loudness(audio, 16000, video.gen_fps, len(opening)))
+        if not np.isfinite(r):
+            self.notes.append(f"{video.pair.stem}: mouth or audio constant")
+            return None
+        return r, lag
+
+    def compute(self) -> list[tuple[float | None, str]]:
+        return [(mean(self.values), "Pearson r, mouth opening vs loudness")]

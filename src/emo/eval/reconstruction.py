@@ -14,6 +14,9 @@ import math
 
 import numpy as np
 
+from emo.errors import EmoError
+from emo.eval.metrics import Entry, Metric, Video, mean
+
 MAX_PSNR = 100.0  # dB reported for identical frames (MSE = 0) so averages stay finite
 
 
@@ -101,3 +104,30 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
     return a, b
+
+
+class Reconstruction(Metric):
+    """PSNR / SSIM of the paired frames (:attr:`~emo.eval.metrics.Video.paired_frames`), averaged."""
+
+    entries = (Entry("psnr", "PSNR (dB)", "higher"), Entry("ssim", "SSIM", "higher"))
+
+    def __init__(self, config, timed):
+        super().__init__(config, timed)
+        self.psnr_values, self.ssim_values = [], []  # per paired frame
+
+    def update(self, video: Video, row: dict) -> None:
+        pairs = video.paired_frames
+        p = [self.timed("psnr", psnr, gen, ref) for gen, ref in pairs]
+        try:
+            s = [self.timed("ssim", ssim, gen, ref) for gen, ref in pairs]
+        except ValueError as exc:  # frames under SSIM's 11×11 window
+            raise EmoError(f"{video.pair.reference}: {exc}; evaluate videos of a usable size") from None
+        row["psnr"], row["ssim"] = float(np.mean(p)), float(np.mean(s))
+        self.psnr_values += p
+        self.ssim_values += s
+
+    def compute(self) -> list[tuple[float | None, str]]:
+        return [
+            (mean(self.psnr_values), "per frame, averaged"),
+            (mean(self.ssim_values), "per frame, averaged"),
+        ]

@@ -26,6 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from emo.errors import EmoError
+from emo.eval.metrics import Entry, Metric, Video, mean, resample_indices
+
 FLAG = "--syncnet"
 WEIGHTS_NAME = "syncnet_v2.model"
 FPS = 25  # SyncNet was trained on 25 fps video
@@ -223,3 +226,63 @@ def evaluate_sync(
         im_feat.append(model.forward_lip(torch.stack([video[:, v : v + 5] for v in idx])))
         cc_feat.append(model.forward_aud(torch.cat([cct[:, :, :, v * 4 : v * 4 + 20] for v in idx])))
     return sync_score(torch.cat(im_feat), torch.cat(cc_feat))
+
+
+class SyncNetLSE(Metric):
+    """LSE-C / LSE-D: SyncNet on 25 fps face crops of the generated video against its own audio track."""
+
+    entries = (Entry("lse_c", "Sync LSE-C", "higher"), Entry("lse_d", "Sync LSE-D", "lower"))
+    flag, weights_name = FLAG, WEIGHTS_NAME
+
+    def __init__(self, config, timed):
+        super().__init__(config, timed)
+        self.scores: list[SyncScore] = []  # per video
+
+    def load_network(self, path):
+        return load_syncnet(path)
+
+    def update(self, video: Video, row: dict) -> None:
+        score = self.timed("syncnet", self._score, video)
+        if score is not None:
+            self.scores.append(score)
+            row.update(lse_c=score.confidence, lse_d=score.distance, av_offset=score.offset)
+
+    def _score(self, video: Video) -> SyncScore | None:
+        from emo.media import load_audio
+
+        stem = video.pair.stem
+        try:
+            audio = load_audio(video.pair.generated, sample_rate=SAMPLE_RATE)
+        except EmoError as exc:
+            self.notes.append(f"{stem}: {exc}")
+            return None
+        boxes = _fill_boxes(video.obs_gen)
+        if boxes is None:
+            self.notes.append(f"{stem}: no face found")
+            return None
+        index = resample_indices(len(video.gen), video.gen_fps, FPS)  # SyncNet expects 25 fps
+        crops = crop_faces([video.gen[i] for i in index], [boxes[i] for i in index])
+        try:
+            return evaluate_sync(self.net, crops, audio)
+        except ValueError as exc:
+            self.notes.append(f"{stem}: {exc}")
+            return None
+
+    def compute(self) -> list[tuple[float | None, str]]:
+        note = f"{len(self.scores)} videos, offsets ±{VSHIFT}"
+        return [
+            (mean([s.confidence for s in self.scores]), note),
+            (mean([s.distance for s in self.scores]), note),
+        ]
+
+
+def _fill_boxes(observations) -> list[tuple[float, float, float, float]] | None:
+    """Per-frame face boxes with missing frames taking the nearest detected box; None if never found."""
+    found = [i for i, o in enumerate(observations) if o is not None]
+    if not found:
+        return None
+    out = []
+    for i in range(len(observations)):
+        o = observations[min(found, key=lambda j: abs(j - i))]
+        out.append((o.box.x0, o.box.y0, o.box.x1, o.box.y1))
+    return out
