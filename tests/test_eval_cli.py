@@ -236,7 +236,7 @@ def test_tiny_frames_are_a_one_line_error_and_frame_rate_mismatch_warns_for_fvd(
     torch.jit.script(_FakeI3D()).save(str(tmp_path / i3d.WEIGHTS_NAME))
     argv = ["evaluate", "--no-progress", "--generated", str(tmp_path / "gen64"), "--reference", str(tmp_path / "ref64"),
             "--out", str(tmp_path / "r64.json"), "--i3d", str(tmp_path / i3d.WEIGHTS_NAME)]  # fmt: skip
-    with caplog.at_level("WARNING", logger="emo.eval.evaluate"):
+    with caplog.at_level("WARNING", logger="emo.eval.i3d"):
         assert main(argv) == 0
     assert any("50 fps, ground truth at 25 fps" in r.getMessage() for r in caplog.records), caplog.text
     assert (
