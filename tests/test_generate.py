@@ -209,6 +209,28 @@ def test_vae_encodes_once_per_video_and_decodes_in_chunks(pipe, short_audio, tmp
     assert decoded == [5, 5, 2, 3] * 2
 
 
+def test_progress_callback_follows_every_step_and_can_cancel(pipe, short_audio, tmp_path):
+    from emo.generation.pipeline import GenerationProgress
+
+    seen: list[GenerationProgress] = []
+    pipe.generate(PORTRAIT, short_audio, tmp_path / "a.mp4", FAST, progress=False, callback=seen.append)
+    clips = math.ceil(math.ceil(1.5 * FAST.fps) / FAST.clip_frames)
+    assert [p.step for p in seen] == list(range(1, clips * FAST.steps + 1))
+    assert [p.clip for p in seen] == [c for c in range(clips) for _ in range(FAST.steps)]
+    assert seen[-1].fraction == 1.0 and {p.clips for p in seen} == {clips}
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(progress):
+        if progress.step == FAST.steps + 1:  # in the second clip, after the first was written
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        pipe.generate(PORTRAIT, short_audio, tmp_path / "b.mp4", FAST, progress=False, callback=cancel)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]  # no output, no temporary file
+
+
 @pytest.mark.parametrize("total", [1, 5, 11, 12, 15, 24, 25])
 @pytest.mark.parametrize("f, m", [(12, 2), (4, 2), (1, 2), (12, 0), (3, 4)])
 def test_clip_windows_are_the_whole_track_windows(total, f, m):

@@ -12,9 +12,11 @@ runs; frames go to the encoder as they are decoded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +95,18 @@ class GenerationOptions:
                 f"--region {self.region} lies outside the {self.size}² crop (x0, y0 must be < "
                 f"{self.size}); give a box in pixels of the crop"
             )
+
+
+@dataclass(frozen=True)
+class GenerationProgress:
+    clip: int  # the clip being denoised, from 0
+    clips: int
+    step: int  # denoising steps done over the whole video
+    steps: int  # clips x steps per clip
+
+    @property
+    def fraction(self) -> float:
+        return self.step / max(self.steps, 1)
 
 
 @dataclass(frozen=True)
@@ -258,7 +272,7 @@ class EMOPipeline:
         reference: torch.Tensor,
         motion: torch.Tensor | None,
         opts: GenerationOptions,
-        progress=None,
+        on_step=None,
     ) -> torch.Tensor:
         """One clip: (1, f, C, h, w) noise -> denoised latents, with one ReferenceNet pass."""
         passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
@@ -282,8 +296,8 @@ class EMOPipeline:
             return combine_guidance(self.model(model_in, timesteps, cond, batched_ref).float(), weights)
 
         def step_done(*_) -> None:
-            if progress is not None:
-                progress.update(1)
+            if on_step is not None:
+                on_step()
 
         return sample(denoiser, noise, opts.sampler, opts.steps, callback=step_done)
 
@@ -295,7 +309,14 @@ class EMOPipeline:
         opts: GenerationOptions = GenerationOptions(),
         overwrite: bool = False,
         progress: bool = True,
+        callback: Callable[[GenerationProgress], None] | None = None,
     ) -> GenerationResult:
+        """Write the video for ``image_path`` + ``audio_path`` to ``out_path`` (atomically).
+
+        ``progress`` shows a terminal progress bar; ``callback`` is called after every denoising step with a
+        :class:`GenerationProgress` (a web page's progress bar; an exception raised in it stops generation
+        and leaves no output).
+        """
         opts.validate()
         start = time.perf_counter()
         out_path = Path(out_path)
@@ -319,6 +340,14 @@ class EMOPipeline:
         written = 0
         motion = None  # previous clip's last n latents; the first clip gets zero motion features
         bar = tqdm(total=clips * opts.steps, desc="generating", unit="step", disable=not progress)
+        steps_done = 0
+
+        def on_step(clip: int) -> None:
+            nonlocal steps_done
+            steps_done += 1
+            bar.update(1)
+            if callback is not None:
+                callback(GenerationProgress(clip, clips, steps_done, clips * opts.steps))
         with VideoWriter(
             out_path,
             opts.fps,
@@ -331,7 +360,9 @@ class EMOPipeline:
             for clip in range(clips):
                 noise = torch.randn(1, f, self.codec.latent_channels, h, w, generator=generator).to(self.device)
                 audio = clip_window(features, clip * f, f, m)[None].to(self.device, self.dtype)  # (1, f, 2m+1, L, D)
-                latents = self.denoise_clip(noise, audio, speed, mask, reference, motion, opts, bar)
+                latents = self.denoise_clip(
+                    noise, audio, speed, mask, reference, motion, opts, on_step=functools.partial(on_step, clip)
+                )
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
                 for frame in self.decode(latents[0, :keep].to(self.dtype), opts.decode_chunk):
