@@ -1,5 +1,5 @@
 """Tiny autoencoders (the TAESD family): small conv encoder/decoder pairs distilled to reproduce a large
-VAE's latent space at a fraction of its cost (about 1.2-1.3 M parameters a side against the SD VAE's 84 M).
+VAE's latent space at a fraction of its cost (about 1.2-1.4 M parameters a side against the SD VAE's 84 M).
 
 Two layouts, told apart by their weights:
 
