@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emo.codec import LatentCodec
+from emo.codec.base import LatentCodec
 from emo.errors import EmoError
 
 KIND = "tiny_autoencoder"
