@@ -12,6 +12,7 @@ import torch
 from emo.cli import main
 from emo.eval import arcface, expression, i3d, inception, lpips, syncnet
 from emo.media import iter_video_frames, load_audio, write_video
+from emo.tiny import save_random_weights
 
 DATA = Path(__file__).parent / "data"
 FRAMES = 32  # two 16-frame FVD clips per video
@@ -89,20 +90,6 @@ def test_identical_sets_score_zero_on_the_landmark_proxy(dirs, tmp_path):
     )
 
 
-def _save_random(model, path, wrap=None):
-    torch.manual_seed(0)
-    state = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("running_var"):
-            state[k] = torch.rand_like(v) + 0.5
-        elif v.is_floating_point():
-            state[k] = torch.randn_like(v) * 0.05
-        else:
-            state[k] = v
-    torch.save({wrap: state} if wrap else state, path)
-    return path
-
-
 def _default_init(build, path):
     # F-SIM needs embeddings that tell faces apart: PyTorch's default initialisation gives them, while
     # _save_random's small weights map every face to the same direction (F-SIM 100 for anything).
@@ -126,10 +113,10 @@ def test_all_metrics_with_weights_in_their_public_formats(dirs, tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
     flags = [
-        "--inception", str(_save_random(inception.FIDInceptionV3(), weights / inception.WEIGHTS_NAME)),
-        "--syncnet", str(_save_random(syncnet.SyncNet(), weights / syncnet.WEIGHTS_NAME)),
+        "--inception", str(save_random_weights(inception.FIDInceptionV3(), weights / inception.WEIGHTS_NAME)),
+        "--syncnet", str(save_random_weights(syncnet.SyncNet(), weights / syncnet.WEIGHTS_NAME)),
         "--arcface", str(_default_init(lambda: arcface.IResNet((1, 1, 1, 1)), weights / arcface.WEIGHTS_NAME)),
-        "--deep3d", str(_save_random(expression.Deep3DRecon(), weights / expression.WEIGHTS_NAME, "net_recon")),
+        "--deep3d", str(save_random_weights(expression.Deep3DRecon(), weights / expression.WEIGHTS_NAME, "net_recon")),
     ]  # fmt: skip
     lp = lpips.LPIPS("alex")
     torch.save({k: v for k, v in lp.state_dict().items() if k.startswith("lin")}, weights / "alex.pth")

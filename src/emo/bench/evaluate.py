@@ -31,22 +31,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-learned", action="store_true", help="only the metrics that need no weights")
 
 
-def _random_weights(model, path, wrap: str | None = None):
-    import torch
-
-    torch.manual_seed(0)
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("running_var"):
-            state[key] = torch.rand_like(value) + 0.5
-        elif value.is_floating_point():
-            state[key] = torch.randn_like(value) * 0.02
-        else:
-            state[key] = value
-    torch.save({wrap: state} if wrap else state, path)
-    return path
-
-
 def _fake_i3d_path(path):
     """A TorchScript module with StyleGAN-V's I3D call signature and I3D-like cost (3-D convolutions)."""
     import torch
@@ -88,6 +72,7 @@ def run(args) -> int:
     from emo.eval.evaluate import EvalConfig, evaluate, find_pairs
     from emo.media import iter_video_frames, load_audio, probe_video, write_video
     from emo.resources import peak_rss_mib
+    from emo.tiny import save_random_weights
 
     video = Path(args.video)
     if not video.is_file():
@@ -110,13 +95,14 @@ def run(args) -> int:
         if not args.no_learned:
             w = tmp / "weights"
             w.mkdir()
-            config.inception = _random_weights(inception.FIDInceptionV3(), w / inception.WEIGHTS_NAME)
-            config.syncnet = _random_weights(syncnet.SyncNet(), w / syncnet.WEIGHTS_NAME)
-            config.arcface = _random_weights(
-                arcface.IResNet(arcface.DEPTHS["iresnet100"]), w / arcface.WEIGHTS_NAME
+            scale = 0.02  # small random weights keep activations finite through the deep networks
+            config.inception = save_random_weights(inception.FIDInceptionV3(), w / inception.WEIGHTS_NAME, scale=scale)
+            config.syncnet = save_random_weights(syncnet.SyncNet(), w / syncnet.WEIGHTS_NAME, scale=scale)
+            config.arcface = save_random_weights(
+                arcface.IResNet(arcface.DEPTHS["iresnet100"]), w / arcface.WEIGHTS_NAME, scale=scale
             )
-            config.deep3d = _random_weights(
-                expression.Deep3DRecon(), w / expression.WEIGHTS_NAME, "net_recon"
+            config.deep3d = save_random_weights(
+                expression.Deep3DRecon(), w / expression.WEIGHTS_NAME, "net_recon", scale=scale
             )
             config.i3d = _fake_i3d_path(w / i3d.WEIGHTS_NAME)
             lp = lpips.LPIPS("alex")

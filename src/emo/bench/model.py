@@ -11,6 +11,7 @@ import json
 import time
 
 from emo.bench.child import add_child_option, measure_in_child
+from emo.devices import resolve_device
 from emo.errors import EmoError
 
 HELP = "parameters, backbone forward time vs plain SD1.5 UNet, peak memory"
@@ -60,7 +61,7 @@ def _measure(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device, dtype = _device(args.device), getattr(torch, args.dtype)
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
     cfg = preset(args.preset)
     f, n, s = args.frames, args.motion_frames, args.latent
     noisy = torch.randn(1 * f, 4, s, s, device=device, dtype=dtype)
@@ -86,7 +87,7 @@ def _measure(args) -> dict:
     m = cfg.audio_window
     cond = Conditioning(
         audio=torch.randn(1, f, 2 * m + 1, cfg.audio_layers, cfg.audio_feature_dim, device=device, dtype=dtype),
-        speed=torch.rand(1, f, 2 * cfg.speed_window + 1, device=device, dtype=dtype),
+        speed=torch.rand(1, f, 2 * cfg.audio_window + 1, device=device, dtype=dtype),
         face_mask=torch.ones(1, 1, s * 8, s * 8, device=device, dtype=dtype),
     )
     with torch.no_grad():
@@ -118,7 +119,7 @@ def count_flops(args) -> dict:
                                     down_block_types=down, up_block_types=up, attention_head_dim=cfg.num_attention_heads,
                                     norm_num_groups=cfg.norm_num_groups, cross_attention_dim=cfg.token_dim)
         cond = Conditioning(audio=torch.randn(1, f, 2 * cfg.audio_window + 1, cfg.audio_layers, cfg.audio_feature_dim),
-                            speed=torch.rand(1, f, 2 * cfg.speed_window + 1), face_mask=torch.ones(1, 1, s * 8, s * 8))
+                            speed=torch.rand(1, f, 2 * cfg.audio_window + 1), face_mask=torch.ones(1, 1, s * 8, s * 8))
         with FlopCounterMode(display=False) as reference:
             ref = model.reference_features(torch.randn(1, 4, s, s), torch.randn(1, n, 4, s, s))
         with FlopCounterMode(display=False) as backbone:
@@ -127,18 +128,6 @@ def count_flops(args) -> dict:
             unet(torch.randn(f, 4, s, s), 500, encoder_hidden_states=torch.randn(f, 77, cfg.token_dim))
     return {"backbone": backbone.get_total_flops(), "plain": plain.get_total_flops(),
             "reference": reference.get_total_flops()}
-
-
-def _device(name: str):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EmoError(f"--device {name!r} is not a device (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EmoError("--device cuda but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def run(args) -> int:
@@ -151,7 +140,7 @@ def run(args) -> int:
             raise EmoError(f"{name} must be >= 1, got {value}")
     if args.motion_frames < 0:
         raise EmoError(f"--motion-frames must be >= 0, got {args.motion_frames}")
-    _device(args.device)
+    resolve_device(args.device)
     results = {}
     for part in ("diffusers", "emo"):
         results[part] = measure_in_child("model", [

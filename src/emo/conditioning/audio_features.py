@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emo.errors import EmoError
+from emo.errors import WEIGHT_LOAD_ERRORS, EmoError
 from emo.media import atomic_path, num_frames_for
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,6 @@ class AudioEncoder:
         """
         from transformers import Wav2Vec2Model
 
-        from emo.models.loading import WEIGHT_LOAD_ERRORS
 
         path = Path(path)
         if not (path / "config.json").is_file():

@@ -15,10 +15,9 @@ from einops import rearrange
 from torch import nn
 
 from emo.config import ModelConfig
-from emo.errors import EmoError
+from emo.errors import WEIGHT_LOAD_ERRORS, EmoError
 from emo.models.audio_projector import AudioProjector
 from emo.models.face_locator import FaceLocator
-from emo.models.loading import WEIGHT_LOAD_ERRORS
 from emo.models.speed_encoder import SpeedEncoder
 from emo.models.unet import EMOUNet
 

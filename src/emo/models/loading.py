@@ -12,23 +12,20 @@ a `LoadReport`; a tensor whose shape does not fit fails with an error naming the
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
-from emo.errors import EmoError
+from emo.errors import WEIGHT_LOAD_ERRORS, EmoError
 
 log = logging.getLogger(__name__)
 
 # What a `from_pretrained` of a damaged or foreign folder raises (a truncated safetensors file raises
 # SafetensorError, which is none of the others); callers turn these into a one-line EmoError.
-WEIGHT_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError, SafetensorError)
 
 # In the order they are looked for; the `.fp16` names are the half-precision variants some SD1.5 downloads hold
 # alone (their tensors are cast to the model's dtype on load).
