@@ -40,6 +40,40 @@ def add_arguments(parser) -> None:
         help="JSON list or CSV of jobs (image,audio,out[,seed,speed,region]); the model is loaded once",
     )
     io.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_model_arguments(parser)
+    gen = parser.add_argument_group("generation")
+    gen.add_argument(
+        "--steps", type=int, default=40, help="denoising steps (default 40; <35 jitters, EMO paper)"
+    )
+    gen.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"], help="default ddim (EMO paper)")
+    gen.add_argument(
+        "--speed",
+        type=float,
+        default=0.7,
+        help="head speed, deg/frame: speech 0.1-1.0, singing 1.0-1.3 (default 0.7)",
+    )
+    gen.add_argument(
+        "--region", default="face", help="face | wide | tall | full | x0,y0,x1,y1 (default face)"
+    )
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--reference-guidance", type=float, default=1.0, help="CFG scale on the portrait (1.0 = off)"
+    )
+    gen.add_argument("--audio-guidance", type=float, default=1.0, help="CFG scale on the audio (1.0 = off)")
+    gen.add_argument("--fps", type=float, default=30.0, help="output frame rate (default 30, EMO paper)")
+    gen.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
+    gen.add_argument(
+        "--max-duration",
+        type=float,
+        default=600.0,
+        help="refuse longer audio unless raised (seconds, 0 = no limit; default 600)",
+    )
+    gen.add_argument("--strict", action="store_true", help="several faces in the portrait is an error")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_model_arguments(parser) -> None:
+    """The model flags, shared with `emo ui`."""
     model = parser.add_argument_group("model")
     source = model.add_mutually_exclusive_group()
     source.add_argument(
@@ -71,35 +105,6 @@ def add_arguments(parser) -> None:
         help="audio-feature cache (default: %(default)s)",
     )
     model.add_argument("--no-cache", action="store_true", help="do not cache audio features")
-    gen = parser.add_argument_group("generation")
-    gen.add_argument(
-        "--steps", type=int, default=40, help="denoising steps (default 40; <35 jitters, EMO paper)"
-    )
-    gen.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"], help="default ddim (EMO paper)")
-    gen.add_argument(
-        "--speed",
-        type=float,
-        default=0.7,
-        help="head speed, deg/frame: speech 0.1-1.0, singing 1.0-1.3 (default 0.7)",
-    )
-    gen.add_argument(
-        "--region", default="face", help="face | wide | tall | full | x0,y0,x1,y1 (default face)"
-    )
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument(
-        "--reference-guidance", type=float, default=1.0, help="CFG scale on the portrait (1.0 = off)"
-    )
-    gen.add_argument("--audio-guidance", type=float, default=1.0, help="CFG scale on the audio (1.0 = off)")
-    gen.add_argument("--fps", type=float, default=30.0, help="output frame rate (default 30, EMO paper)")
-    gen.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
-    gen.add_argument(
-        "--max-duration",
-        type=float,
-        default=600.0,
-        help="refuse longer audio unless raised (seconds, 0 = no limit; default 600)",
-    )
-    gen.add_argument("--strict", action="store_true", help="several faces in the portrait is an error")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _resolve_device(name: str):
@@ -262,10 +267,32 @@ def _check_output(out: Path, overwrite: bool) -> None:
         raise EmoError(f"cannot write {out}: folder {existing} is not writable")
 
 
+def load_pipeline(args):
+    """The pipeline the model flags (`add_model_arguments`) describe, loaded once."""
+    from emo.generation.pipeline import EMOPipeline
+
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
+
+    quiet_third_party_logs()
+    cache = None if args.no_cache else args.cache_dir
+    if args.preset:
+        print(
+            "emo: --preset tiny: a RANDOM tiny model, for smoke runs; the video shows noise, not a face. "
+            "Use --weights for real results."
+        )
+        pipe = EMOPipeline.tiny(device, dtype, cache_dir=cache)
+    else:
+        pipe = EMOPipeline.from_weights(args.weights, args.vae, args.audio_encoder, device, dtype, cache)
+
+    pipe.optimize(channels_last=args.channels_last, compile=args.compile)
+    return pipe
+
+
 def run(args) -> int:
     from dataclasses import replace
 
-    from emo.generation.pipeline import EMOPipeline, GenerationOptions
+    from emo.generation.pipeline import GenerationOptions
 
     if args.batch:
         if args.image or args.audio or args.out:
@@ -312,21 +339,7 @@ def run(args) -> int:
         except EmoError as exc:
             raise EmoError(f"--batch {args.batch}: job {i}: {exc}" if args.batch else str(exc)) from None
         options.append(opts)
-    device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args.dtype, device)
-
-    quiet_third_party_logs()
-    cache = None if args.no_cache else args.cache_dir
-    if args.preset:
-        print(
-            "emo: --preset tiny: a RANDOM tiny model, for smoke runs; the video shows noise, not a face. "
-            "Use --weights for real results."
-        )
-        pipe = EMOPipeline.tiny(device, dtype, cache_dir=cache)
-    else:
-        pipe = EMOPipeline.from_weights(args.weights, args.vae, args.audio_encoder, device, dtype, cache)
-
-    pipe.optimize(channels_last=args.channels_last, compile=args.compile)
+    pipe = load_pipeline(args)
     failures = 0
     for job, opts in zip(jobs, options):
         try:
