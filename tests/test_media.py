@@ -247,3 +247,81 @@ def test_atomic_write_bytes(tmp_path):
     with pytest.raises(EmoError, match="exists"):
         atomic_write_bytes(path, b"x", overwrite=False)
     assert [p.name for p in path.parent.iterdir()] == ["data.json"]
+
+
+# -- every image mode Pillow opens ---------------------------------------------------------------------
+PORTRAIT = Path(__file__).parent.parent / "src" / "emo" / "assets" / "portrait.jpg"
+
+
+def portrait_in_mode(mode: str) -> Image.Image:
+    """The same portrait as a user's file of that mode would hold it (16-bit as 0-65535, float as 0-1...)."""
+    rgb = Image.open(PORTRAIT).convert("RGB")
+    gray = np.asarray(rgb.convert("L"))
+    if mode == "I;16":
+        return Image.fromarray(gray.astype(np.uint16) * 257)  # a 16-bit grayscale PNG
+    if mode == "I":
+        return Image.fromarray(gray.astype(np.int32) * 257)  # 16-bit data in a 32-bit image (TIFF, old Pillow)
+    if mode == "F":
+        return Image.fromarray(gray.astype(np.float32) / 255)  # float 0-1 (scientific TIFF)
+    if mode in ("LA", "PA"):
+        base = rgb.convert("L" if mode == "LA" else "P")
+        image = base.convert(mode)
+        alpha = np.full(gray.shape, 255, np.uint8)
+        alpha[:, :40] = 0  # a transparent band: white after compositing
+        image.putalpha(Image.fromarray(alpha))
+        return image
+    if mode == "P":
+        return rgb.convert("P", palette=Image.Palette.ADAPTIVE)
+    return rgb.convert(mode)  # 1 (dithered, as Pillow and scanners make it), L, RGBA, CMYK, YCbCr
+
+
+# mode -> a format that keeps it on disk (None: no format Pillow writes keeps it, so the image is converted
+# in memory, by the function load_image uses)
+MODES = {"1": "png", "L": "png", "LA": "png", "P": "png", "PA": None, "RGBA": "png", "CMYK": "jpg",
+         "YCbCr": None, "I;16": "png", "I": "tiff", "F": "tiff"}
+
+
+@pytest.fixture(scope="module")
+def face_analyzer():
+    from emo.conditioning.face import FaceAnalyzer
+
+    analyzer = FaceAnalyzer()
+    yield analyzer
+    analyzer.close()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_image_mode_becomes_rgb_with_the_face_found(mode, tmp_path, face_analyzer):
+    from emo.media import image_to_rgb
+
+    image = portrait_in_mode(mode)
+    assert image.mode == mode
+    if MODES[mode]:
+        path = tmp_path / f"portrait.{MODES[mode]}"
+        image.save(path)
+        assert Image.open(path).mode == mode  # the file really holds that mode
+        rgb = load_image(path)
+    else:
+        rgb = image_to_rgb(image)
+    assert rgb.shape == (480, 480, 3) and rgb.dtype == np.uint8
+    # The right brightness (a 16-bit image clipped at 255 is almost white; the portrait's mean is ~90).
+    reference = np.asarray(Image.open(PORTRAIT).convert("L"), dtype=np.float64)
+    gray = rgb.astype(np.float64).mean(axis=2)
+    keep = slice(40, None)  # the transparent band of LA / PA is white, as promised
+    assert abs(gray[:, keep].mean() - reference[:, keep].mean()) < 6, (gray.mean(), reference.mean())
+    if mode in ("LA", "PA"):
+        assert gray[:, :40].min() == 255
+    boxes = face_analyzer.detect(rgb)
+    assert len(boxes) == 1, f"{mode}: {len(boxes)} faces"
+
+
+def test_16_bit_png_orientation_is_applied(tmp_path, face_analyzer):
+    """A 16-bit grayscale PNG stored on its side with EXIF orientation 8 comes out upright, face found."""
+    image = portrait_in_mode("I;16").rotate(-90, expand=True)  # stored rotated 90° clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "turn 90° counter-clockwise to display"
+    image.save(tmp_path / "sideways16.png", exif=exif)
+    rgb = load_image(tmp_path / "sideways16.png")
+    upright = np.asarray(Image.open(PORTRAIT).convert("L"), dtype=np.float64)
+    assert np.abs(rgb[..., 0].astype(np.float64) - upright).mean() < 2
+    assert len(face_analyzer.detect(rgb)) == 1

@@ -13,6 +13,7 @@ import os
 import sys
 
 from emo.errors import EmoError
+from emo.termination import Terminated, raise_on_termination, restored_handlers
 
 # name -> module; add a line here when a command exists.
 COMMANDS: dict[str, str] = {
@@ -78,20 +79,36 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
-    try:
-        return int(args._run(args) or 0)
-    except EmoError as exc:
-        print(f"emo: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("emo: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an internal bug: one line by default, the traceback on request
-        if os.environ.get("EMO_DEBUG"):
-            raise
-        print(f"emo: internal error: {type(exc).__name__}: {exc} (set EMO_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return 1
+    with restored_handlers():
+        raise_on_termination()  # SIGTERM / SIGHUP unwind like Ctrl-C, so temporary files are removed
+        try:
+            return int(args._run(args) or 0)
+        except EmoError as exc:
+            print(f"emo: error: {exc}", file=sys.stderr)
+            return 2
+        except Terminated as exc:
+            print(f"emo: terminated ({exc.name})", file=sys.stderr)
+            return 128 + exc.signum
+        except KeyboardInterrupt:
+            print("emo: interrupted", file=sys.stderr)
+            return 130
+        except OSError as exc:
+            from emo.media import USER_WRITE_ERRNOS, write_error
+
+            if exc.errno not in USER_WRITE_ERRNOS:  # a full disk is the user's to fix, not a bug
+                return _internal_error(exc)
+            print(f"emo: error: {write_error(exc, exc.filename)}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    """An internal bug: one line by default, the traceback on request."""
+    if os.environ.get("EMO_DEBUG"):
+        raise exc
+    print(f"emo: internal error: {type(exc).__name__}: {exc} (set EMO_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ never leaves a half-written file behind: outputs go to a temporary name in the s
 renamed into place (``os.replace``, atomic on one filesystem) only when complete.
 
 Every problem a user can fix (missing, empty, corrupt or unsupported file, unwritable output, an output
-that exists) raises :class:`~emo.errors.EmoError` with a one-line message naming the file.
+that exists, a full disk) raises :class:`~emo.errors.EmoError` with a one-line message naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -33,6 +34,33 @@ AUDIO_FORMATS = "wav, mp3, m4a, flac, ogg, or the audio track of mp4/mov"
 # --------------------------------------------------------------------------------------------------
 # Atomic writes: one home for "temp name in the same directory, then os.replace".
 # --------------------------------------------------------------------------------------------------
+
+
+# Errors writing a file that the user fixes (free space, a writable place), not bugs: one line, no partial file.
+USER_WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+
+
+def write_error(exc: OSError, path: str | os.PathLike | None) -> EmoError:
+    """The one-line EmoError for an OSError of :data:`USER_WRITE_ERRNOS` raised while writing ``path``."""
+    reason = USER_WRITE_ERRNOS[exc.errno]
+    return EmoError(f"{reason} writing {path}" if path else f"{reason} ({exc.strerror or exc})")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk, a read-only file system or a permission error inside the block into an EmoError
+    naming ``path`` (the final name, not the temporary one the bytes were going to)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in USER_WRITE_ERRNOS:
+            raise write_error(exc, path) from None
+        raise
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -66,11 +94,12 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     path = _prepare_output(path, overwrite)
     temp = _temp_sibling(path)
     try:
-        yield temp
-        if not temp.exists():
-            raise RuntimeError(f"nothing was written to the temporary file for {path}")
-        os.replace(temp, path)
-    except BaseException:
+        with writing(path):
+            yield temp
+            if not temp.exists():
+                raise RuntimeError(f"nothing was written to the temporary file for {path}")
+            os.replace(temp, path)
+    except BaseException:  # also SIGTERM (emo.termination) and Ctrl-C: no partial file is left
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
@@ -128,11 +157,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB.
+    """Read an image as (H, W, 3) uint8 RGB, whatever its mode (see :func:`image_to_rgb`).
 
-    EXIF orientation is applied (a phone photo comes out upright). Transparency is composited onto a
-    WHITE background (a cut-out portrait on white looks like a studio photo; black would read as hair).
-    Raises EmoError naming the file if it is missing, empty, corrupt or not an image.
+    EXIF orientation is applied (a phone photo comes out upright). Raises EmoError naming the file if it
+    is missing, empty, corrupt or not an image.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -140,12 +168,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image)
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            rgb = image_to_rgb(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise EmoError(
             f"cannot read image {path}: not a supported image format (use png, jpg, webp, bmp)"
@@ -154,7 +177,49 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise EmoError(f"cannot read image {path}: corrupt or truncated ({_reason(exc)})") from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise EmoError(f"cannot read image {path}: it has no pixels")
-    return np.ascontiguousarray(rgb)
+    return rgb
+
+
+def image_to_rgb(image) -> np.ndarray:
+    """A Pillow image of any mode (1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I;16, I, F...) -> (H, W, 3) uint8.
+
+    - Transparency is composited onto a WHITE background (a cut-out portrait on white looks like a studio
+      photo; black would read as hair).
+    - 16-bit (I;16), 32-bit (I) and float (F) grayscale are scaled to 0-255 (:func:`_wide_gray_to_l`);
+      Pillow's own convert clips them at 255, and a 16-bit portrait came out almost white.
+    - 1-bit is a halftone (its grays are in the density of the dots): a radius-1 blur gives them back;
+      the raw dots hide the face from the detector.
+    """
+    from PIL import Image, ImageFilter
+
+    if image.mode == "1":
+        image = image.convert("L").filter(ImageFilter.GaussianBlur(1))
+    elif image.mode.startswith("I") or image.mode == "F":
+        image = _wide_gray_to_l(image)
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def _wide_gray_to_l(image):
+    """A grayscale image with more than 8 bits (I;16*, I, F) -> 8-bit L, its range scaled, not clipped.
+
+    I;16 is 16-bit by definition (0-65535). I and F say nothing about their range, so it is read off the
+    values: a maximum of at most 1.0 (float only) is 0-1, at most 255 is 8-bit, at most 65535 is 16-bit,
+    beyond that the maximum is white.
+    """
+    from PIL import Image
+
+    values = np.asarray(image).astype(np.float64)  # (H, W)
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        peak = float(values.max(initial=0.0))
+        ranges = (1.0, 255.0, 65535.0) if image.mode == "F" else (255.0, 65535.0)
+        top = next((t for t in ranges if peak <= t), peak)
+    return Image.fromarray(np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = True) -> Path:
@@ -392,7 +457,8 @@ class VideoWriter:
         self._temp = _temp_sibling(self.path)
         fmt = "mov" if self.path.suffix.lower() == ".mov" else "mp4"
         try:
-            self._container = av.open(str(self._temp), mode="w", format=fmt)
+            with writing(self.path):
+                self._container = av.open(str(self._temp), mode="w", format=fmt)
         except (av.FFmpegError, OSError) as exc:
             raise EmoError(f"cannot write {self.path}: {_reason(exc)}") from None
         rate = Fraction(self.fps).limit_denominator(1001)
@@ -437,10 +503,11 @@ class VideoWriter:
         )
         video_frame.pts = self.num_frames
         video_frame.time_base = 1 / self._rate
-        self._container.mux(self._video.encode(video_frame))
-        self.num_frames += 1
-        # Interleave: send the audio that plays up to the end of this frame.
-        self._write_audio(int(round(self.num_frames / self.fps * self.audio_rate)))
+        with writing(self.path):
+            self._container.mux(self._video.encode(video_frame))
+            self.num_frames += 1
+            # Interleave: send the audio that plays up to the end of this frame.
+            self._write_audio(int(round(self.num_frames / self.fps * self.audio_rate)))
 
     def _write_audio(self, until: int) -> None:
         import av
@@ -461,18 +528,9 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         container = self._container
         try:
-            if exc_type is None:
-                self._write_audio(len(self.audio) if self.audio is not None else 0)
-                container.mux(self._video.encode(None))
-                if self._audio_stream is not None:
-                    container.mux(self._audio_stream.encode(None))
-            self._container = None
-            container.close()
-            if exc_type is None:
-                if self.num_frames == 0:
-                    raise EmoError(f"no frames were written to {self.path}")
-                os.replace(self._temp, self.path)
-        except BaseException:
+            with writing(self.path):
+                self._finish(container, exc_type)
+        except BaseException:  # also SIGTERM (emo.termination) and Ctrl-C: no partial file is left
             self._container = None
             with contextlib.suppress(Exception):
                 container.close()
@@ -482,6 +540,20 @@ class VideoWriter:
         if exc_type is not None:
             with contextlib.suppress(OSError):
                 self._temp.unlink()
+
+    def _finish(self, container, exc_type) -> None:
+        """Flush the encoders and rename the file into place (after an error in the block: just close it)."""
+        if exc_type is None:
+            self._write_audio(len(self.audio) if self.audio is not None else 0)
+            container.mux(self._video.encode(None))
+            if self._audio_stream is not None:
+                container.mux(self._audio_stream.encode(None))
+        self._container = None
+        container.close()
+        if exc_type is None:
+            if self.num_frames == 0:
+                raise EmoError(f"no frames were written to {self.path}")
+            os.replace(self._temp, self.path)
 
 
 def write_video(

@@ -4,6 +4,9 @@ Videos are always processed in worker processes, even with ``--workers 1``: a na
 or MediaPipe, or the out-of-memory killer, then ends one worker, whose video gets a ``failed`` record
 (``worker crashed``), and the run goes on. What a worker runs must be importable at module level (the
 pool uses the spawn context).
+
+Stopping (Ctrl-C, SIGTERM, SIGHUP) stops the workers too, whether or not they got the signal themselves,
+and removes the work in progress of every video, so a stopped run leaves no temporary folder.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ _WORKER_ERROR: Exception | None = None
 
 def _worker_init(audio_encoder: str | None, device: str, single_threaded: bool, log_level: int) -> None:
     global _WORKER_TOOLS, _WORKER_ERROR
+    from emo.termination import raise_on_termination
+
+    raise_on_termination()  # a worker stopped by SIGTERM removes its video's temporary folder, as for Ctrl-C
     logging.basicConfig(level=log_level, format="%(message)s")
     if single_threaded:
         _single_threaded()
@@ -74,10 +80,14 @@ def process_in_workers(
     job = (process_fn, root, config)
     pending, suspects = deque(videos), deque()
     while pending or suspects:
-        if suspects:
-            lost = _run_pool(suspects, 1, context, initargs, job, done)
-        else:
-            lost = _run_pool(pending, min(size, len(pending)), context, initargs, job, done)
+        try:
+            if suspects:
+                lost = _run_pool(suspects, 1, context, initargs, job, done)
+            else:
+                lost = _run_pool(pending, min(size, len(pending)), context, initargs, job, done)
+        except BaseException:  # stopped (Ctrl-C, SIGTERM): the workers are gone; so is their work in progress
+            clear_tmp(root, {video_id(v) for v in videos})
+            raise
         clear_tmp(root, {video_id(v) for v in lost})  # what the dead and the stopped workers left
         if len(lost) == 1:
             done(_crash_record(lost[0], root))
@@ -106,23 +116,47 @@ def _run_pool(queue, slots: int, context, initargs: tuple, job: tuple, done) -> 
         return True
 
     with ProcessPoolExecutor(slots, mp_context=context, initializer=_worker_init, initargs=initargs) as pool:
-        _start_workers(pool, slots)
-        broken = False
-        while queue and not broken:
-            # At most one job per worker, so the jobs a broken pool fails are the ones it was running.
-            while queue and len(running) < slots:
-                try:
-                    running[pool.submit(_worker_run, process_fn, str(queue[0]), str(root), config)] = queue[0]
-                except BrokenProcessPool:
-                    broken = True
-                    break
-                queue.popleft()
-            if running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = not all([collect(future) for future in finished]) or broken
-        for future in list(running):  # the last jobs; after a break they end at once
-            collect(future)
+        try:
+            _start_workers(pool, slots)
+            broken = False
+            while queue and not broken:
+                # At most one job per worker, so the jobs a broken pool fails are the ones it was running.
+                while queue and len(running) < slots:
+                    try:
+                        running[pool.submit(_worker_run, process_fn, str(queue[0]), str(root), config)] = queue[0]
+                    except BrokenProcessPool:
+                        broken = True
+                        break
+                    queue.popleft()
+                if running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    broken = not all([collect(future) for future in finished]) or broken
+            for future in list(running):  # the last jobs; after a break they end at once
+                collect(future)
+        except BaseException:  # Ctrl-C, SIGTERM: don't wait for the videos in flight (the `with` would)
+            _stop_workers(pool)
+            raise
     return lost
+
+
+def _stop_workers(pool, grace_s: float = 10.0) -> None:
+    """SIGTERM every worker (each removes its temporary folder, see _worker_init), SIGKILL the ones still
+    there after ``grace_s``. SIGTERM sent to the main process alone (``timeout``, ``docker stop``) reaches
+    no worker, and shutting the pool down would wait for every video in flight to finish."""
+    import time
+
+    # ProcessPoolExecutor has no public way to stop its workers before Python 3.14 (terminate_workers).
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _start_workers(pool, workers: int) -> None:

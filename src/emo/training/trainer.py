@@ -7,7 +7,9 @@ Determinism: the data order comes from (seed, epoch), each item from the dataset
 and every random draw of a micro-batch (VAE sample, noise, timesteps, dropout) from a generator seeded by
 (seed, rank, step, micro-batch). A resumed run therefore repeats the uninterrupted run exactly.
 
-Checkpoints are written every `run.checkpoint_every` steps and at the end.
+Checkpoints are written every `run.checkpoint_every` steps and at the end. SIGTERM or SIGHUP (what SLURM and
+Kubernetes send before they kill a job) lets the optimizer step in flight finish, checkpoints it, and raises
+`emo.termination.Terminated`: `--resume auto` then continues exactly as if the run had not stopped.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from emo.errors import EmoError
 from emo.media import VideoWriter
 from emo.models import EMO, Conditioning
 from emo.sampling import NUM_TRAIN_TIMESTEPS, sample, training_schedule
+from emo.termination import DeferredTermination, Terminated
 from emo.training.checkpoints import BASE, Checkpointer, Position
 from emo.training.config import StageConfig, TrainConfig
 from emo.training.loss import TrainingModel, denoising_loss
@@ -207,7 +210,11 @@ class Trainer:
         base = self.run_dir / BASE
         temp = self.run_dir / f".{BASE}.tmp"
         shutil.rmtree(temp, ignore_errors=True)
-        model.save_pretrained(temp)
+        try:
+            model.save_pretrained(temp)
+        except BaseException:  # also SIGTERM / Ctrl-C: no half-written base/ left behind
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
         shutil.rmtree(base, ignore_errors=True)
         os.replace(temp, base)
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
@@ -249,12 +256,24 @@ class Trainer:
             log.info("nothing to do: step %d of %d reached", position.step, end)
             self._close()
             return result
-        acc, t, r = self.accelerator, self.cfg.train, self.cfg.run
+        acc, r = self.accelerator, self.cfg.run
         batches = self._batches(position)
         if checkpoint is None and r.validate_every:
             self.validate(0)  # the starting point of the validation curve
         bar = tqdm(total=end, initial=position.step, desc=f"stage {self.cfg.stage}", unit="step",
                    disable=not acc.is_main_process)
+        with DeferredTermination() as termination:
+            self._train_steps(position, end, batches, bar, result, termination)
+        bar.close()
+        result.step = position.step
+        self._close()
+        return result
+
+    def _train_steps(self, position: Position, end: int, batches, bar, result: TrainResult,
+                     termination: DeferredTermination) -> None:
+        """Optimizer steps until `end`; on SIGTERM / SIGHUP (to any rank) the step in flight finishes, is
+        checkpointed, and Terminated is raised."""
+        acc, t, r = self.accelerator, self.cfg.train, self.cfg.run
         while position.step < end:
             started = time.perf_counter()
             step_losses, norm = [], None
@@ -292,15 +311,27 @@ class Trainer:
             self._log(position.step, loss_value, lr, norm, time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            if position.step % r.checkpoint_every == 0 or position.step == end:
+            signum = self._termination_signal(termination)
+            if position.step % r.checkpoint_every == 0 or position.step == end or signum:
                 result.last_checkpoint = self.checkpoints.save(position, self.trainable, self.ema, self.optimizer,
                                                                self.scheduler, self.cfg.stage, self.cfg.components)
+            if signum:
+                bar.close()
+                self._close()
+                log.warning("%s: stopped after step %d, checkpoint %s; continue with --resume auto",
+                            Terminated(signum).name, position.step, result.last_checkpoint)
+                raise Terminated(signum)
             if r.validate_every and position.step % r.validate_every == 0:
                 self.validate(position.step)
-        bar.close()
-        result.step = position.step
-        self._close()
-        return result
+
+    def _termination_signal(self, termination: DeferredTermination) -> int:
+        """The signal (or 0) any rank received: every rank must stop, and checkpoint, after the same step."""
+        signum = termination.signum or 0
+        if self.world > 1:
+            flag = torch.tensor([signum], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum
 
     def _open_logs(self, step: int) -> None:
         """TensorBoard writer and metrics.jsonl; after a resume, what the lost steps logged is dropped."""

@@ -23,6 +23,9 @@ from emo.errors import EmoError
 
 logger = logging.getLogger(__name__)
 
+# Below this face height (source pixels) the crop is mostly invented by the upscaler: say so.
+MIN_FACE_PX = 64
+
 
 @dataclass(frozen=True)
 class Portrait:
@@ -49,6 +52,8 @@ def prepare_portrait(
     - Several faces: the largest is used and the count logged; ``strict=True`` makes it an EmoError.
     - No face: EmoError naming the file and suggesting ``--region``; with ``region`` = ``full`` or an
       explicit box the centred square is used instead (no face needed).
+    - A face under :data:`MIN_FACE_PX` high is used, with a warning giving its size (the result will be
+      blurry: the crop is upscaled several times).
     - ``region``: ``face``, ``wide``, ``tall``, ``full`` or a :class:`Box` / ``"x0,y0,x1,y1"`` in pixels
       of the size² crop (see :func:`~emo.conditioning.face.geometry.region_mask`).
     """
@@ -84,6 +89,13 @@ def prepare_portrait(
         )
     crop = square_crop_box([observation.box], width, height, expand=expand)
     face_box = box_in_crop(observation.box, crop, size)
+    face_w, face_h = observation.box.width, observation.box.height
+    if face_h < MIN_FACE_PX:
+        logger.warning(
+            "%s: the face is only %.0fx%.0f px (under %d px high); its crop is upscaled %.1fx to %d², so "
+            "expect a blurry video: use a larger or closer portrait",
+            path, face_w, face_h, MIN_FACE_PX, size / max(crop.width, 1.0), size,
+        )
     return Portrait(
         image=crop_and_resize(image, crop, size),
         mask=region_mask(region, face_box, size),
