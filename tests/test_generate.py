@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -47,19 +48,12 @@ def frames_of(path: Path) -> np.ndarray:
     return np.stack(list(iter_video_frames(path)))
 
 
-def record_frames(pipe) -> list[np.ndarray]:
-    """The frames `pipe` hands to the video encoder, before H.264: their comparison is exact, while a
-    decoded P-frame also depends on the (lossy) frames it was predicted from."""
-    frames = []
-    decode = pipe.decode
-
-    def recording(latents, chunk):
-        for frame in decode(latents, chunk):
-            frames.append(frame.copy())
-            yield frame
-
-    pipe.decode = recording
-    return frames
+def record_frames(pipe) -> list[torch.Tensor]:
+    """The frames `pipe` decodes (the VAE decoder's output, chunk by chunk), before H.264: their
+    comparison is exact, while a decoded P-frame also depends on the (lossy) frames it was predicted from."""
+    chunks = []
+    pipe.codec.vae.decoder.register_forward_hook(lambda _, args, out: chunks.append(out.detach().clone()))
+    return chunks
 
 
 def test_video_has_the_right_frames_fps_size_and_audio(pipe, short_audio, tmp_path):
@@ -93,9 +87,8 @@ def test_same_seed_same_frames_other_seed_other_frames(pipe, short_audio, tmp_pa
 def test_reference_net_runs_once_per_clip(pipe, short_audio, tmp_path, guidance):
     from dataclasses import replace
 
-    calls = []
-    original = pipe.model.reference_net.reference_features
-    pipe.model.reference_net.reference_features = lambda *a, **k: calls.append(1) or original(*a, **k)
+    calls = []  # the ReferenceNet's first layer runs once per ReferenceNet pass
+    pipe.model.reference_net.conv_in.register_forward_pre_hook(lambda *_: calls.append(1))
     opts = replace(FAST, reference_guidance=guidance[0], audio_guidance=guidance[1])
     result = pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", opts, progress=False)
     assert len(calls) == result.clips == 2
@@ -121,9 +114,9 @@ def test_first_clip_reaches_the_second_through_motion_frames(weights, short_audi
         pipe.prepare_audio = bumped
         frames = record_frames(pipe)
         pipe.generate(PORTRAIT, short_audio, tmp_path / f"m{motion_frames}_{bump}.mp4", opts, progress=False)
-        videos.append(np.stack(frames))
-    first_clip_changed = not np.array_equal(videos[0][:8], videos[1][:8])
-    second_clip_changed = not np.array_equal(videos[0][12:], videos[1][12:])
+        videos.append(torch.cat(frames))  # (frames, 3, H, W)
+    first_clip_changed = not torch.equal(videos[0][:8], videos[1][:8])
+    second_clip_changed = not torch.equal(videos[0][12:], videos[1][12:])
     assert first_clip_changed
     assert second_clip_changed == (motion_frames > 0)
 
@@ -132,19 +125,20 @@ def test_region_and_speed_reach_the_network(pipe, short_audio, tmp_path):
     from dataclasses import replace
 
     seen = []
-    forward = pipe.model.forward
-    pipe.model.forward = lambda noisy, t, cond, ref: seen.append(cond) or forward(noisy, t, cond, ref)
+
+    class FirstCall(Exception):
+        pass
+
+    def stop_at_the_first_call(_, args):  # the rest of the video is not needed: stop there
+        seen.append(args[2])  # model(noisy, timesteps, cond, reference)
+        raise FirstCall
+
+    pipe.model.register_forward_pre_hook(stop_at_the_first_call)
 
     def first_cond(**changes):
         seen.clear()
-        pipe.generate(
-            PORTRAIT,
-            short_audio,
-            tmp_path / "o.mp4",
-            replace(FAST, **changes),
-            overwrite=True,
-            progress=False,
-        )
+        with pytest.raises(FirstCall):
+            pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", replace(FAST, **changes), progress=False)
         return seen[0]
 
     face, full = first_cond(region="face"), first_cond(region="full")
@@ -175,8 +169,12 @@ def test_guidance_plan_combines_as_documented():
 
 def test_bfloat16_runs_on_cpu(weights, short_audio, tmp_path):
     pipe = EMOPipeline.from_weights(weights, dtype=torch.bfloat16)
+    decoded = record_frames(pipe)
     result = pipe.generate(PORTRAIT, short_audio, tmp_path / "bf16.mp4", FAST, progress=False)
     assert result.frames == 15
+    # Every frame finite, looked at before uint8: a NaN or inf would still give some pixel value.
+    frames = torch.cat(decoded)
+    assert frames.shape[0] == 15 and torch.isfinite(frames).all()
 
 
 def test_dpm_solver_runs_end_to_end(pipe, short_audio, tmp_path):
@@ -285,11 +283,8 @@ def test_audio_held_is_one_row_per_frame_and_windows_one_clip(weights, tmp_path)
     sf.write(audio, load_audio(SPEECH)[: 3 * 16000], 16000)
     opts = replace(FAST, audio_guidance=2.0)  # two passes: audio on and off
     total, f, passes = 30, opts.clip_frames, 2
-    handed = []
-    forward = pipe.model.forward
-    pipe.model.forward = lambda noisy, t, cond, ref: (
-        handed.append(cond.audio.shape) or forward(noisy, t, cond, ref)
-    )
+    handed = []  # model(noisy, timesteps, cond, reference): the audio of each call's Conditioning
+    pipe.model.register_forward_pre_hook(lambda _, args: handed.append(args[2].audio.shape))
     with AudioShapes() as mode:
         pipe.generate(PORTRAIT, audio, tmp_path / "o.mp4", opts, progress=False)
     assert set(handed) == {(passes, f, cfg.window, *per_frame)}
@@ -356,13 +351,13 @@ def test_options_are_checked(changes, message):
 
 
 def test_a_gpu_that_is_not_there_is_a_clear_error(monkeypatch):
-    from emo.generate import _resolve_device
+    from emo.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert _resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(EmoError, match=r"--device cuda:7: this machine has 2 CUDA GPU\(s\)"):
-        _resolve_device("cuda:7")
+        resolve_device("cuda:7")
 
 
 def test_missing_checkpoint_component(weights, tmp_path):
@@ -374,20 +369,36 @@ def test_missing_checkpoint_component(weights, tmp_path):
     with pytest.raises(EmoError, match="speed_encoder"):
         EMOPipeline.from_weights(broken)
     shutil.rmtree(broken / "vae")
-    with pytest.raises(EmoError, match="--vae"):
+    with pytest.raises(EmoError, match="--codec"):
         EMOPipeline.from_weights(broken)
 
 
-def run_cli(*args, cwd=None):
+def run_cli(*args):
+    """`python -m emo.cli generate ARGS`: a real process, its own interpreter and native libraries."""
     return subprocess.run(
-        [sys.executable, "-m", "emo.cli", "generate", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
+        [sys.executable, "-m", "emo.cli", "generate", *map(str, args)], capture_output=True, text=True
     )
 
 
-def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path):
+@pytest.fixture()
+def emo_generate(capfd, caplog):
+    """`emo generate ARGS` in this process, as `run_cli` gives it back (no interpreter start and torch
+    import per call): the exit status, stdout, and stderr with each log record as the terminal shows it."""
+    from emo.cli import main
+
+    def run(*args):
+        capfd.readouterr()
+        caplog.clear()
+        with caplog.at_level(logging.INFO):  # what `emo`'s logging setup would print (INFO and up)
+            code = main(["generate", *map(str, args)])
+        out, err = capfd.readouterr()
+        err += "".join(f"{record.getMessage()}\n" for record in caplog.records)
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path, emo_generate):
     out = tmp_path / "cli.mp4"
     done = run_cli(
         "--weights",
@@ -414,7 +425,7 @@ def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path):
         f'[{{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j1.mp4"}"}},'
         f' {{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j2.mp4"}", "seed": 3}}]'
     )
-    done = run_cli("--weights", weights, "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
+    done = emo_generate("--weights", weights, "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "j1.mp4").is_file() and (tmp_path / "j2.mp4").is_file()
 
@@ -430,7 +441,7 @@ def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path):
         (["--device", "cuda:7"], "--device"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, args, message):
+def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, args, message, emo_generate):
     base = {
         "--weights": str(weights),
         "--image": str(PORTRAIT),
@@ -440,21 +451,21 @@ def test_cli_bad_input_is_one_line_and_nonzero(weights, short_audio, tmp_path, a
         "--steps": "1",
     }
     base.update(dict(zip(args[::2], args[1::2])))
-    done = run_cli(*[x for kv in base.items() for x in kv], "--quiet")
+    done = emo_generate(*[x for kv in base.items() for x in kv], "--quiet")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("emo: error:") and message in lines[0]
     assert "Traceback" not in done.stderr and not (tmp_path / "o.mp4").exists()
 
 
-def test_cli_csv_batch_and_the_tiny_preset_notice(short_audio, tmp_path):
+def test_cli_csv_batch_and_the_tiny_preset_notice(short_audio, tmp_path, emo_generate):
     jobs = tmp_path / "jobs.csv"
     jobs.write_text(
         "image,audio,out,seed,speed,region\n"
         f"{PORTRAIT},{short_audio},{tmp_path / 'a.mp4'},3,0.2,full\n"
         f"{PORTRAIT},{short_audio},{tmp_path / 'b.mp4'},,,\n"  # empty cells: the command-line values
     )
-    done = run_cli("--preset", "tiny", "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
+    done = emo_generate("--preset", "tiny", "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
     assert done.returncode == 0, done.stderr
     assert "RANDOM tiny model" in done.stdout and "--weights" in done.stdout  # says it is a smoke run
     assert done.stdout.count("15 frames") == 2
@@ -465,7 +476,7 @@ def test_cli_csv_batch_and_the_tiny_preset_notice(short_audio, tmp_path):
 def test_batch_values_are_checked_and_coerced(tmp_path):
     import json
 
-    from emo.generate import read_jobs
+    from emo.generation.cli import read_jobs
 
     files = {"image": "p.png", "audio": "s.wav"}
     csv = tmp_path / "jobs.csv"
@@ -503,7 +514,7 @@ def test_batch_values_are_checked_and_coerced(tmp_path):
 def test_bad_batch_values_name_the_job_and_field(tmp_path, monkeypatch, second, message):
     import json
 
-    from emo.generate import read_jobs
+    from emo.generation.cli import read_jobs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
@@ -528,7 +539,7 @@ def test_bad_batch_values_name_the_job_and_field(tmp_path, monkeypatch, second, 
     ],
 )
 def test_bad_csv_rows_name_the_job(tmp_path, rows, message):
-    from emo.generate import read_jobs
+    from emo.generation.cli import read_jobs
 
     path = tmp_path / "jobs.csv"
     path.write_text("image,audio,out,seed\n" + rows)
@@ -544,7 +555,7 @@ def test_bad_csv_rows_name_the_job(tmp_path, rows, message):
         ({"region": "70,70,90,90"}, "job 2: --region"),
     ],
 )
-def test_cli_bad_batch_job_fails_before_the_model_loads(short_audio, tmp_path, bad, message):
+def test_cli_bad_batch_job_fails_before_the_model_loads(short_audio, tmp_path, bad, message, emo_generate):
     import json
 
     jobs = [
@@ -555,16 +566,16 @@ def test_cli_bad_batch_job_fails_before_the_model_loads(short_audio, tmp_path, b
     path = tmp_path / "jobs.json"
     path.write_text(json.dumps(jobs))
     # A --weights folder that does not exist: had the model been loaded first, that would be the error.
-    done = run_cli("--weights", tmp_path / "no-weights", "--batch", path, "--size", 64, "--quiet")
+    done = emo_generate("--weights", tmp_path / "no-weights", "--batch", path, "--size", 64, "--quiet")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("emo: error: --batch") and message in lines[0], lines
     assert not list(tmp_path.glob("*/o.mp4")) and not (tmp_path / "1").exists()
 
 
-def test_cli_missing_input_creates_no_output_folder(weights, tmp_path):
+def test_cli_missing_input_creates_no_output_folder(weights, tmp_path, emo_generate):
     out = tmp_path / "new" / "dir" / "o.mp4"
-    done = run_cli(
+    done = emo_generate(
         "--weights", weights, "--image", PORTRAIT, "--audio", tmp_path / "none.wav", "--out", out, "--quiet"
     )
     assert done.returncode == 2 and "none.wav" in done.stderr
@@ -599,7 +610,7 @@ def test_cli_corrupt_input_is_one_error_line_and_no_output(weights, short_audio,
     assert not (tmp_path / "out").exists()
 
 
-def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_path):
+def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_path, emo_generate):
     common = [
         "--weights",
         weights,
@@ -615,10 +626,10 @@ def test_output_folder_is_created_or_a_clear_error(weights, short_audio, tmp_pat
         10,
         "--quiet",
     ]
-    done = run_cli(*common, "--out", tmp_path / "new" / "dir" / "o.mp4")
+    done = emo_generate(*common, "--out", tmp_path / "new" / "dir" / "o.mp4")
     assert done.returncode == 0 and (tmp_path / "new" / "dir" / "o.mp4").is_file()
     (tmp_path / "a-file").write_text("not a folder")
-    done = run_cli(*common, "--out", tmp_path / "a-file" / "o.mp4")
+    done = emo_generate(*common, "--out", tmp_path / "a-file" / "o.mp4")
     assert done.returncode == 2 and "Traceback" not in done.stderr and "output folder" in done.stderr
     assert (tmp_path / "a-file").read_text() == "not a folder"
 

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import torch
 
+from emo.conditioning.audio_front_end import wav2vec2_id
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
 from emo.data.dataset import Stage1Dataset, VideoClipDataset
-from emo.data.dataset_config import PreprocessConfig, audio_encoder_id
+from emo.data.dataset_config import PreprocessConfig
 from emo.data.preprocess import add_audio_features, list_videos, parse_shard, run_preprocess
 from emo.data.scenes import SceneConfig, SceneCutDetector, Span, split_scene
 from emo.data.video_processing import video_id
@@ -478,7 +479,7 @@ def test_a_different_audio_encoder_is_refused(videos, dataset, tmp_path):
     tiny_audio_model().save_pretrained(same, safe_serialization=True)  # the dataset's, in another folder
     tiny_audio_model(seed=1).save_pretrained(other, safe_serialization=True)
     recorded = json.loads((dataset / mf.DATASET_CONFIG).read_text())["audio_encoder"]
-    assert recorded == audio_encoder_id(same) != audio_encoder_id(other)
+    assert recorded == wav2vec2_id(same) != wav2vec2_id(other)
     before = tree_bytes(dataset)
     with pytest.raises(EmoError, match="different wav2vec2 model"):
         run_preprocess([videos["silent"]], dataset, CONFIG, audio_encoder=str(other), progress=False)
@@ -508,7 +509,7 @@ def test_audio_features_added_later(tmp_path):
     assert summary["clips_with_audio_features"] == summary["clips_kept"] > 0
     assert len(VideoClipDataset(out)) > 0
     # Now the dataset's features come from this encoder: a resume must use it.
-    assert json.loads((out / mf.DATASET_CONFIG).read_text())["audio_encoder"] == audio_encoder_id(encoder)
+    assert json.loads((out / mf.DATASET_CONFIG).read_text())["audio_encoder"] == wav2vec2_id(encoder)
     with pytest.raises(EmoError, match="made with --audio-encoder"):
         run_preprocess([HDTF], out, config, progress=False)
     assert run_preprocess([HDTF], out, config, audio_encoder=str(encoder)) == summary

@@ -62,7 +62,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 def stage_config(assets, stage: int, out: Path, init: dict, train: dict | None = None, run: dict | None = None):
     """A tiny stage config, as a user would write it (plain dict -> validated StageConfig)."""
     return config_from_dict({
-        "stage": stage, "model": "tiny", "vae": str(assets["vae"]), "init": init,
+        "stage": stage, "model": "tiny", "codec": str(assets["vae"]), "init": init,
         "data": {"dataset": str(assets["dataset"]), "num_motion_frames": 2, "num_frames": 4, "num_workers": 0},
         "train": {"batch_size": 2, "max_steps": 3, "lr": 1e-4, "weight_decay": 0.0, **(train or {})},
         "run": {"output_dir": str(out), "checkpoint_every": 100, "validate_every": 0, **(run or {})},
@@ -416,7 +416,7 @@ def test_cli_trains_and_resumes(assets, runs, tmp_path, capsys):
 
     config = tmp_path / "stage3.yaml"
     config.write_text((CONFIGS / "stage3_tiny.yaml").read_text())
-    args = [f"vae={assets['vae']}", f"init.checkpoint={runs[2]}", f"data.dataset={assets['dataset']}",
+    args = [f"codec={assets['vae']}", f"init.checkpoint={runs[2]}", f"data.dataset={assets['dataset']}",
             f"run.output_dir={tmp_path / 'run'}", "data.size=64", "data.num_motion_frames=2", "data.num_frames=4",
             "data.num_workers=0", "run.validate_every=0", "train.batch_size=1"]
     assert main(["train", str(config), *args, "--max-steps", "1"]) == 0
@@ -464,7 +464,7 @@ def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
 
     def train(out: Path, *extra: str, program: tuple[str, ...] = ("-m", "emo.cli")) -> None:
         args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                *program, "train", str(config), f"vae={assets['vae']}", f"init.sd15={assets['sd15']}",
+                *program, "train", str(config), f"codec={assets['vae']}", f"init.sd15={assets['sd15']}",
                 f"data.dataset={assets['dataset']}", f"run.output_dir={out}", "run.validate_every=0",
                 "run.checkpoint_every=2", "train.batch_size=1", "train.warmup_steps=0", *extra]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,5 @@
-"""Model presets: the full-size `sd15` network and a `tiny` one for CPU tests and smoke runs.
+"""Model presets: the full-size `sd15` network, the `small` one trained here (EMO.md §8) and a `tiny` one for
+CPU tests and smoke runs.
 
 A preset is a function returning a `ModelConfig`; every field is read when the network is built.
 """
@@ -64,7 +65,27 @@ def tiny() -> ModelConfig:
     )
 
 
-PRESETS = {"sd15": sd15, "tiny": tiny}
+def small() -> ModelConfig:
+    """The model trained on these machines (EMO.md §8): 128² frames as TAEF2's 32-channel 16² latents, log-mel
+    audio (4 stacked 10 ms frames x 80 bins per video frame), one layer per block, attention at every level."""
+    return ModelConfig(
+        block_out_channels=(64, 128, 256),
+        layers_per_block=1,
+        attention_blocks=(True, True, True),
+        num_attention_heads=4,
+        norm_num_groups=32,
+        latent_channels=32,
+        temporal_heads=4,
+        audio_layers=4,
+        audio_feature_dim=80,
+        audio_tokens=8,
+        audio_hidden=256,
+        token_dim=256,
+        speed_hidden=64,
+    )
+
+
+PRESETS = {"sd15": sd15, "small": small, "tiny": tiny}
 
 
 def preset(name: str) -> ModelConfig:

@@ -87,10 +87,10 @@ def run(args) -> int:
     for stage in args.stages:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = config_from_dict({
-                "stage": stage, "model": args.preset, "vae": "(random)",
+                "stage": stage, "model": args.preset, "codec": "(random)",
                 "init": {"checkpoint": "(random)"} if stage > 1 else {},
                 "data": {"dataset": "(synthetic)", "num_motion_frames": args.motion, "num_frames": args.frames,
-                         "audio_window": model_cfg.audio_window, "num_workers": 0},
+                         "num_workers": 0},
                 "train": {"batch_size": args.batch, "max_steps": args.steps + 1,
                           "mixed_precision": args.mixed_precision,
                           "gradient_checkpointing": args.gradient_checkpointing},

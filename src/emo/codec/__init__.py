@@ -14,10 +14,19 @@ from pathlib import Path
 
 from emo.codec.base import LatentCodec, to_uint8_frames
 from emo.codec.sd_vae import SDVAECodec, load_vae
+from emo.codec.tiny_autoencoder import CONFIG_NAME, TinyAutoencoderCodec, load_codec_folder, load_taef2
 
-__all__ = ["LatentCodec", "SDVAECodec", "load_codec", "to_uint8_frames"]
+__all__ = ["TAEF2", "LatentCodec", "SDVAECodec", "TinyAutoencoderCodec", "load_codec", "to_uint8_frames"]
+
+TAEF2 = "taef2"  # the spec of the shipped TAEF2 codec
 
 
-def load_codec(path: str | Path) -> LatentCodec:
-    """The codec saved at ``path``: a diffusers ``AutoencoderKL`` folder (the pipeline root or its ``vae/``)."""
-    return SDVAECodec(load_vae(path))
+def load_codec(spec: str | Path) -> LatentCodec:
+    """The codec a spec names: ``taef2`` (shipped), a tiny-autoencoder folder (``codec.json`` +
+    encoder/decoder weights, as :meth:`TinyAutoencoderCodec.save` writes) or a diffusers ``AutoencoderKL``
+    folder (the pipeline root or its ``vae/``)."""
+    if str(spec) == TAEF2:
+        return load_taef2()
+    if (Path(spec) / CONFIG_NAME).is_file():
+        return load_codec_folder(spec)
+    return SDVAECodec(load_vae(spec))

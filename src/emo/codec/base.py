@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 from torch import nn
 
@@ -26,6 +29,15 @@ class LatentCodec(nn.Module):
     def describe(self) -> dict:
         """What a checkpoint records about the codec it was trained with (kind, channels, ...)."""
         raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """SHA-256 of :meth:`describe` and every weight: latents cached with one codec are refused by
+        another (a dataset's latents must be the ones the model's codec would make)."""
+        digest = hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return f"sha256:{digest.hexdigest()}"
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> torch.Tensor:

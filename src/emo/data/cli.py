@@ -1,8 +1,10 @@
 """Turn folders of raw talking-head videos into an EMO training dataset (EMO.md §4).
 
-  emo preprocess VIDEOS... --out DIR [--workers N] [--shard i/N] [--audio-encoder WAV2VEC2_DIR]
+  emo preprocess VIDEOS... --out DIR [--workers N] [--shard i/N] [--audio-encoder WAV2VEC2_DIR|log-mel]
+                 [--codec VAE_DIR|taef2]
   emo preprocess --merge --out DIR                                  rebuild manifest + summary (after shards)
-  emo preprocess --add-audio-features --out DIR --audio-encoder WAV2VEC2_DIR [--device cuda] [--shard i/N]
+  emo preprocess --add-audio-features --out DIR --audio-encoder WAV2VEC2_DIR|log-mel [--device cuda] [--shard i/N]
+  emo preprocess --add-latents --out DIR --codec VAE_DIR|taef2     the latent cache (training never re-encodes)
 
 VIDEOS are video files, folders (searched recursively) or .txt files listing one path per line.
 Each video is split at scene cuts into 3-12 s clips; clips with no face, several faces, a face too
@@ -11,11 +13,12 @@ square crop around the face, resized to 512² at 30 fps, with 16 kHz mono audio,
 landmarks, head pose and rotation speed, and the face-region mask.
 
 Output: DIR/manifest.jsonl (one line per clip), DIR/summary.json (kept / dropped per reason, hours),
-DIR/videos/<video>/<clip>/ (frames.mjpeg, meta.npz, audio.wav, audio_features.safetensors).
+DIR/videos/<video>/<clip>/ (frames.mjpeg, meta.npz, audio.wav, audio_features.safetensors,
+latents.safetensors).
 
 A rerun skips finished videos (also after a crash or kill -9); a video that cannot be read, or that
 crashes its worker process, is recorded as failed (--retry-failed tries again) and the others continue.
-DIR/dataset.json records the settings and the --audio-encoder weights: a rerun must use the same. On a cluster, run one job per shard (--shard 0/8 ...
+DIR/dataset.json records the settings, the --audio-encoder and the --codec: a rerun must use the same. On a cluster, run one job per shard (--shard 0/8 ...
 --shard 7/8, same inputs and --out); the last one to finish writes the merged manifest, or run
 --merge afterwards.
 """
@@ -37,12 +40,18 @@ def add_arguments(parser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--merge", action="store_true", help="only rebuild DIR/manifest.jsonl and summary.json from finished videos")
     mode.add_argument("--add-audio-features", action="store_true",
-                      help="compute wav2vec2 features for clips that lack them (needs --audio-encoder)")
+                      help="compute audio features for clips that lack them (needs --audio-encoder)")
+    mode.add_argument("--add-latents", action="store_true",
+                      help="encode the frames of clips that lack latents (needs --codec)")
     run = parser.add_argument_group("running")
     run.add_argument("--workers", type=int, default=1, metavar="N", help="processes on this machine (default 1)")
     run.add_argument("--shard", metavar="i/N", help="process only shard i of N (0-based) of the sorted video list")
-    run.add_argument("--audio-encoder", metavar="DIR", help="local wav2vec2 folder; also store per-frame audio features")
-    run.add_argument("--device", default="cpu", help="where wav2vec2 runs (cpu, cuda, cuda:1...; default cpu)")
+    run.add_argument("--audio-encoder", metavar="DIR|log-mel",
+                     help="local wav2vec2 folder, or log-mel (weight-free); also store per-frame audio features")
+    run.add_argument("--codec", metavar="DIR|taef2",
+                     help="latent codec (SD VAE folder, tiny-autoencoder folder, or taef2: the shipped one); also "
+                          "store every frame's latents, so training never re-encodes frames")
+    run.add_argument("--device", default="cpu", help="where wav2vec2 / the codec run (cpu, cuda, cuda:1...; default cpu)")
     run.add_argument("--retry-failed", action="store_true", help="process again videos recorded as failed")
     out = parser.add_argument_group("output")
     out.add_argument("--fps", type=float, default=d.fps, help=f"output frame rate (default {d.fps:g})")
@@ -99,19 +108,23 @@ def config_from_args(args):
 def run(args) -> int:
     from pathlib import Path
 
-    from emo.data import manifest, preprocess
+    from emo.data import latents, manifest, preprocess
     from emo.errors import EmoError
 
-    if args.merge or args.add_audio_features:
+    if args.merge or args.add_audio_features or args.add_latents:
         if args.inputs:
-            raise EmoError("--merge / --add-audio-features take no VIDEOS, only --out DIR")
+            raise EmoError("--merge / --add-audio-features / --add-latents take no VIDEOS, only --out DIR")
         if not (Path(args.out) / manifest.DATASET_CONFIG).is_file():
             raise EmoError(f"{args.out} is not a dataset made by emo preprocess (no {manifest.DATASET_CONFIG})")
         if args.merge:
             summary = manifest.build_manifest(args.out)
+        elif args.add_latents:
+            if not args.codec:
+                raise EmoError("--add-latents needs --codec DIR|taef2")
+            summary = latents.add_latents(args.out, args.codec, shard=args.shard, device=args.device)
         else:
             if not args.audio_encoder:
-                raise EmoError("--add-audio-features needs --audio-encoder WAV2VEC2_DIR")
+                raise EmoError("--add-audio-features needs --audio-encoder WAV2VEC2_DIR|log-mel")
             summary = preprocess.add_audio_features(args.out, args.audio_encoder, shard=args.shard, device=args.device)
     else:
         if not args.inputs:
@@ -122,6 +135,8 @@ def run(args) -> int:
             args.inputs, args.out, config_from_args(args), workers=args.workers, shard=args.shard,
             audio_encoder=args.audio_encoder, retry_failed=args.retry_failed, device=args.device,
         )
+        if args.codec:
+            summary = latents.add_latents(args.out, args.codec, shard=args.shard, device=args.device)
     print(json.dumps(summary, indent=1))
     if summary["shards_missing"]:
         print(f"note: shards not finished yet: {', '.join(summary['shards_missing'])}")

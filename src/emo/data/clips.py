@@ -5,7 +5,8 @@ A clip is a directory::
     frames.mjpeg                 the frames as JPEG (quality 95) images, concatenated back to back
     meta.npz                     per-frame arrays (see ``META_FIELDS``) + frame byte offsets + region mask
     audio.wav                    16 kHz mono PCM-16 (only when the source had audio)
-    audio_features.safetensors   wav2vec2 features "features": (F, L, D) float16 (optional, see below)
+    audio_features.safetensors   audio features "features": (F, L, D) float16 (optional, see below)
+    latents.safetensors          the codec's latents of every frame "latents": (F, C, h, w) float16 (optional)
 
 Why concatenated JPEG with an offset table: a 512² RGB frame is 768 KiB raw; JPEG q95 is ~50 KiB on
 our talking-head fixtures (15x smaller; 250 h at 30 fps would be ~21 TB raw, ~1.4 TB as JPEG), and
@@ -31,6 +32,7 @@ FRAMES = "frames.mjpeg"
 META = "meta.npz"
 AUDIO = "audio.wav"
 AUDIO_FEATURES = "audio_features.safetensors"
+LATENTS = "latents.safetensors"  # the latent cache (emo.data.latents): "latents" (F, C, h, w) float16
 AUDIO_RATE = 16000  # Hz, what wav2vec2 expects
 
 # meta.npz fields, all per frame of the clip unless noted.

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from emo.conditioning.windows import window_index
-from emo.data.clips import AUDIO_FEATURES, META, read_frames
+from emo.data.clips import AUDIO_FEATURES, LATENTS, META, read_frames
 from emo.data.manifest import read_manifest
 from emo.errors import EmoError
 
@@ -52,11 +52,33 @@ def _mask_tensor(mask: np.ndarray, size: int | None) -> torch.Tensor:
 
 
 class _ClipDataset(torch.utils.data.Dataset):
-    def __init__(self, root: str | os.PathLike, size: int | None, seed: int):
+    def __init__(self, root: str | os.PathLike, size: int | None, seed: int, latents: bool = False):
         self.root = Path(root)
         self.size = size
         self.seed = int(seed)
         self.epoch = 0
+        self.latents = latents
+
+    def _check_latents(self, clips: list[dict]) -> None:
+        """With ``latents``, items carry the cached latents instead of pixels: every clip needs them, at the
+        frame size they were encoded at."""
+        missing = [c["clip_id"] for c in clips if not c.get("has_latents")]
+        if missing:
+            raise EmoError(f"{len(missing)} clips of {self.root} have no cached latents (e.g. {missing[0]}); make "
+                           f"them with `emo preprocess --add-latents --out {self.root} --codec DIR|taef2`, or set "
+                           "data.latents: false")
+        sizes = {c["size"] for c in clips}
+        if self.size is not None and sizes != {self.size}:
+            raise EmoError(f"the latents of {self.root} were encoded at {sorted(sizes)}² frames, not data.size "
+                           f"{self.size}: set data.size to the dataset's size")
+
+    def _read_latents(self, clip: dict, indices: list[int]) -> torch.Tensor:
+        """Cached latents of frames ``indices`` of a clip: (N, C, h, w) float32."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.root / clip["path"] / LATENTS), framework="pt") as f:
+            rows = f.get_slice("latents")
+            return torch.stack([rows[i : i + 1][0] for i in indices]).float()
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different references/windows in each epoch (item i of epoch e is still reproducible)."""
@@ -83,11 +105,13 @@ class Stage1Dataset(_ClipDataset):
         seed: base seed; randomness is derived from (seed, epoch, index).
     """
 
-    def __init__(self, root: str | os.PathLike, size: int | None = None, seed: int = 0):
-        super().__init__(root, size, seed)
+    def __init__(self, root: str | os.PathLike, size: int | None = None, seed: int = 0, latents: bool = False):
+        super().__init__(root, size, seed, latents)
         self.clips = [c for c in read_manifest(root) if c["num_frames"] >= 2]
         if not self.clips:
             raise EmoError(f"no clip of 2+ frames in {root}; add videos with `emo preprocess VIDEOS... --out {root}`")
+        if latents:
+            self._check_latents(self.clips)
         self._starts = np.cumsum([0] + [c["num_frames"] for c in self.clips]).tolist()
 
     def __len__(self) -> int:
@@ -102,6 +126,14 @@ class Stage1Dataset(_ClipDataset):
         other = int(self._rng(index).integers(clip["num_frames"] - 1))
         reference = other + (other >= target)  # uniform over the clip's other frames
         meta = self._meta(clip, "frame_offsets", "mask")
+        if self.latents:
+            latents = self._read_latents(clip, [target, reference])  # (2, C, h, w)
+            return {
+                "target_latent": latents[0],
+                "reference_latent": latents[1],
+                "mask": _mask_tensor(meta["mask"], self.size),
+                "clip_id": clip["clip_id"],
+            }
         frames = _to_tensor(read_frames(self.root / clip["path"], [target, reference], meta["frame_offsets"]), self.size)
         return {
             "target": frames[0],  # (3, H, W)
@@ -140,8 +172,9 @@ class VideoClipDataset(_ClipDataset):
         audio_window: int = 2,
         size: int | None = None,
         seed: int = 0,
+        latents: bool = False,
     ):
-        super().__init__(root, size, seed)
+        super().__init__(root, size, seed, latents)
         if num_motion_frames < 0 or num_frames < 1 or audio_window < 0:
             raise ValueError(
                 f"need num_motion_frames >= 0, num_frames >= 1, audio_window >= 0; got "
@@ -166,6 +199,8 @@ class VideoClipDataset(_ClipDataset):
                 f"no clip in {root} has audio features and >= {length} frames; compute the features with "
                 f"`emo preprocess --add-audio-features --out {root} --audio-encoder WAV2VEC2_DIR`"
             )
+        if latents:
+            self._check_latents(self.clips)
         counts = [1 + (c["num_frames"] - length) // self.f for c in self.clips]
         self._starts = np.cumsum([0, *counts]).tolist()
 
@@ -191,9 +226,12 @@ class VideoClipDataset(_ClipDataset):
             reference = int(rng.integers(total))
 
         meta = self._meta(clip, "frame_offsets", "mask", "speed")
-        frames = _to_tensor(
-            read_frames(self.root / clip["path"], [*window_frames, reference], meta["frame_offsets"]), self.size
-        )  # (n+f+1, 3, H, W)
+        if self.latents:
+            images = self._read_latents(clip, [*window_frames, reference])  # (n+f+1, C, h, w)
+        else:
+            images = _to_tensor(
+                read_frames(self.root / clip["path"], [*window_frames, reference], meta["frame_offsets"]), self.size
+            )  # (n+f+1, 3, H, W)
 
         # Window of the current frames, replicate-padded at the clip ends only: index[t, j] is the frame
         # feeding position j of current frame t (same as temporal.window over the whole clip, sliced).
@@ -204,9 +242,10 @@ class VideoClipDataset(_ClipDataset):
             features = f.get_slice("features")[lo:hi]  # (hi-lo, L, D), only the rows we need
         audio = features.float()[torch.from_numpy(index_map - lo)]  # (f, 2m+1, L, D)
         speed = torch.from_numpy(meta["speed"].astype(np.float32)[index_map])  # (f, 2m+1)
+        pixels_or_latents = ("latents", "reference_latent") if self.latents else ("frames", "reference")
         return {
-            "frames": frames[:length],  # (n+f, 3, H, W)
-            "reference": frames[length],  # (3, H, W)
+            pixels_or_latents[0]: images[:length],  # (n+f, 3, H, W) frames or (n+f, C, h, w) latents
+            pixels_or_latents[1]: images[length],  # (3, H, W) or (C, h, w)
             "mask": _mask_tensor(meta["mask"], self.size),  # (1, H, W)
             "audio": audio,
             "speed": speed,

@@ -7,10 +7,7 @@ every clip of a dataset is made the same way.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,32 +56,6 @@ class PreprocessConfig:
 
 
 ENCODER_KEY = "audio_encoder"  # in dataset.json: audio_encoder_id of the features' wav2vec2, or null
-
-
-def audio_encoder_id(path: str | os.PathLike) -> str:
-    """What identifies a wav2vec2 folder in dataset.json: a SHA-256 of its config and weights.
-
-    Not its path: a moved or copied folder is the same encoder, other weights in the same place are not.
-    """
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise EmoError(f"--audio-encoder {path}: no config.json there; give a local wav2vec2 folder")
-    digest = hashlib.sha256()
-    for name in ("config.json", "preprocessor_config.json"):  # the latter holds do_normalize
-        if (path / name).is_file():
-            try:
-                settings = json.loads((path / name).read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise EmoError(f"cannot read {path / name}: not valid JSON ({exc})") from None
-            settings.pop("transformers_version", None)  # re-saving with another version changes nothing
-            digest.update(json.dumps(settings, sort_keys=True).encode())
-    # The files transformers loads the weights from (safetensors first, as it does).
-    for weights in sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")):
-        digest.update(weights.name.encode())
-        with open(weights, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def check_dataset_config(root: Path, config: PreprocessConfig, encoder: str | None, encoder_path) -> None:

@@ -25,7 +25,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from emo.data.clips import AUDIO_FEATURES
+from emo.data.clips import AUDIO_FEATURES, LATENTS
 from emo.errors import EmoError
 from emo.media import atomic_write_bytes
 
@@ -69,7 +69,8 @@ def video_records(root: str | os.PathLike) -> list[dict]:
 def build_manifest(root: str | os.PathLike) -> dict:
     """Rebuild ``manifest.jsonl`` and ``summary.json`` from the video records; returns the summary.
 
-    ``has_audio_features`` is read from the clip folders, so features added later show up here.
+    ``has_audio_features`` and ``has_latents`` are read from the clip folders, so features and latents added
+    later show up here.
     """
     root = Path(root)
     records = video_records(root)
@@ -89,6 +90,7 @@ def build_manifest(root: str | os.PathLike) -> dict:
         for clip in record["clips"]:
             clip = dict(clip)
             clip["has_audio_features"] = (root / clip["path"] / AUDIO_FEATURES).is_file()
+            clip["has_latents"] = (root / clip["path"] / LATENTS).is_file()
             clips.append(clip)
     clips.sort(key=lambda c: c["clip_id"])
     lines = "".join(json.dumps(c, sort_keys=True) + "\n" for c in clips)
@@ -102,6 +104,7 @@ def build_manifest(root: str | os.PathLike) -> dict:
         "hours_kept": round(sum(c["num_frames"] / c["fps"] for c in clips) / 3600, 6),
         "clips_with_audio": sum(c["has_audio"] for c in clips),
         "clips_with_audio_features": sum(c["has_audio_features"] for c in clips),
+        "clips_with_latents": sum(c["has_latents"] for c in clips),
         "clips_dropped": dict(sorted(dropped.items())),
         "hours_dropped": {k: round(v, 6) for k, v in sorted(dropped_hours.items())},
         "shards_missing": missing_shards(root),

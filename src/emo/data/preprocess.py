@@ -24,10 +24,11 @@ import os
 import re
 from pathlib import Path
 
+from emo.conditioning.audio_front_end import audio_front_end_id, load_audio_front_end
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
 from emo.data.clip_extraction import write_audio_features
-from emo.data.dataset_config import PreprocessConfig, audio_encoder_id, check_dataset_config, check_encoder
+from emo.data.dataset_config import PreprocessConfig, check_dataset_config, check_encoder
 from emo.data.video_processing import clear_tmp, process_video, video_id
 from emo.data.workers import process_in_workers
 from emo.errors import EmoError
@@ -101,7 +102,7 @@ def run_preprocess(
     root = Path(root)
     index, num_shards = parse_shard(shard)
     videos = list_videos(inputs)
-    encoder = audio_encoder_id(audio_encoder) if audio_encoder else None
+    encoder = audio_front_end_id(audio_encoder) if audio_encoder else None
     check_dataset_config(root, config, encoder, audio_encoder)
     mine = videos[index::num_shards]
     if num_shards > 1:
@@ -129,9 +130,11 @@ def run_preprocess(
         _log_record(record)
         bar.update()
 
-    if todo:
-        process_in_workers(todo, root, config, workers, audio_encoder, device, process_fn, done)
-    bar.close()
+    try:
+        if todo:
+            process_in_workers(todo, root, config, workers, audio_encoder, device, process_fn, done)
+    finally:  # also when stopped: the bar's last line comes before emo's one-line message
+        bar.close()
     return mf.build_manifest(root)
 
 
@@ -150,7 +153,8 @@ def add_audio_features(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict:
-    """Compute wav2vec2 features for every clip that has audio but no features yet; returns the summary.
+    """Compute audio features (wav2vec2 or log-mel) for every clip that has audio but none yet; returns the
+    summary.
 
     The encoder must be the one dataset.json records (if any: then it records this one), so that all
     features come from one model.
@@ -160,19 +164,18 @@ def add_audio_features(
     """
     from tqdm import tqdm
 
-    from emo.conditioning.audio_features import AudioEncoder
     from emo.media import load_audio
 
     root = Path(root)
     index, num_shards = parse_shard(shard)
     existing = mf.read_json(root / mf.DATASET_CONFIG)
-    check_encoder(root, existing, audio_encoder_id(audio_encoder), audio_encoder, adding=True)
+    check_encoder(root, existing, audio_front_end_id(audio_encoder), audio_encoder, adding=True)
     clips = [c for c in mf.read_manifest(root) if c["has_audio"]]
     clips = [c for c in clips[index::num_shards] if not (root / c["path"] / clipfmt.AUDIO_FEATURES).is_file()]
     if not clips:
         logger.info("every clip with audio already has audio features")
         return mf.build_manifest(root)
-    encoder = AudioEncoder.from_pretrained(audio_encoder, device=device)
+    encoder = load_audio_front_end(audio_encoder, device=device)
     for clip in tqdm(clips, unit="clip", disable=not progress):
         directory = root / clip["path"]
         wave = load_audio(directory / clipfmt.AUDIO, clipfmt.AUDIO_RATE)

@@ -145,9 +145,9 @@ class Tools:
         self.make_tracker = ClipTracker
         self.encoder = None
         if audio_encoder:
-            from emo.conditioning.audio_features import AudioEncoder
+            from emo.conditioning.audio_front_end import load_audio_front_end
 
-            self.encoder = AudioEncoder.from_pretrained(audio_encoder, device=device)
+            self.encoder = load_audio_front_end(audio_encoder, device=device)
 
 
 def process_video(source: Path, root: Path, config: PreprocessConfig, tools: Tools) -> dict:

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from emo.devices import resolve_device
 from emo.errors import EmoError
 
 HELP = "portrait + audio -> talking/singing mp4"
@@ -82,9 +83,18 @@ def add_model_arguments(parser) -> None:
     source.add_argument(
         "--preset", choices=["tiny"], help="random tiny model: a smoke run, its video is noise"
     )
-    model.add_argument("--vae", metavar="PATH", help="SD VAE diffusers folder (default: WEIGHTS/vae)")
     model.add_argument(
-        "--audio-encoder", metavar="PATH", help="wav2vec2 transformers folder (default: WEIGHTS/wav2vec2)"
+        "--codec",
+        "--vae",
+        dest="codec",
+        metavar="PATH",
+        help="latent codec: SD VAE diffusers folder, tiny-autoencoder folder or taef2 (default: WEIGHTS/codec "
+        "or WEIGHTS/vae)",
+    )
+    model.add_argument(
+        "--audio-encoder",
+        metavar="PATH",
+        help="wav2vec2 transformers folder, for a model trained on wav2vec2 (default: WEIGHTS/wav2vec2)",
     )
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     model.add_argument(
@@ -105,36 +115,6 @@ def add_model_arguments(parser) -> None:
         help="audio-feature cache (default: %(default)s)",
     )
     model.add_argument("--no-cache", action="store_true", help="do not cache audio features")
-
-
-def _resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EmoError(f"--device {name!r} is not a device (try cpu or cuda)") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EmoError(f"--device {name} but no CUDA GPU is available; use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise EmoError(
-                f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
-            )
-        return device
-    try:  # mps, xpu, ...: fail here, before the model loads, rather than in the first .to()
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        reason = (
-            (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
-        )  # torch's first sentence
-        raise EmoError(f"--device {name} is not usable here ({reason}); use --device cpu or cuda") from None
-    return device
 
 
 def _resolve_dtype(name: str, device):
@@ -271,7 +251,7 @@ def load_pipeline(args):
     """The pipeline the model flags (`add_model_arguments`) describe, loaded once."""
     from emo.generation.pipeline import EMOPipeline
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     dtype = _resolve_dtype(args.dtype, device)
 
     quiet_third_party_logs()
@@ -283,7 +263,7 @@ def load_pipeline(args):
         )
         pipe = EMOPipeline.tiny(device, dtype, cache_dir=cache)
     else:
-        pipe = EMOPipeline.from_weights(args.weights, args.vae, args.audio_encoder, device, dtype, cache)
+        pipe = EMOPipeline.from_weights(args.weights, args.codec, args.audio_encoder, device, dtype, cache)
 
     pipe.optimize(channels_last=args.channels_last, compile=args.compile)
     return pipe

@@ -13,6 +13,7 @@ runs; frames go to the encoder as they are decoded.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import time
@@ -26,6 +27,12 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from emo.codec import LatentCodec, SDVAECodec, load_codec, to_uint8_frames
+from emo.conditioning.audio_front_end import (
+    FRONT_END_RECORD,
+    WAV2VEC2_KIND,
+    front_end_from_record,
+    load_audio_front_end,
+)
 from emo.conditioning.windows import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, load_audio, num_frames_for
@@ -147,34 +154,25 @@ class EMOPipeline:
     def from_weights(
         cls,
         weights: str | Path,
-        vae: str | Path | None = None,
+        codec: str | Path | None = None,
         audio_encoder: str | Path | None = None,
         device="cpu",
         dtype=torch.float32,
         cache_dir=None,
     ) -> EMOPipeline:
-        """A trained checkpoint directory (`emo train export`), with the VAE and wav2vec2 in its `vae/` and
-        `wav2vec2/` subfolders unless given explicitly."""
-        from emo.conditioning.audio_features import AudioEncoder
-
+        """A trained checkpoint directory (`emo train export`): the network, its latent codec (``codec/`` or
+        ``vae/``) and the audio front-end it was trained with (``audio_front_end.json``; wav2vec2 weights in
+        ``wav2vec2/``), unless ``codec`` / ``audio_encoder`` are given explicitly."""
         weights = Path(weights)
         if not weights.is_dir():
             raise EmoError(f"--weights {weights}: no such directory")
-        vae_path = Path(vae) if vae else weights / "vae"
-        audio_path = Path(audio_encoder) if audio_encoder else weights / "wav2vec2"
-        for path, flag in ((vae_path, "--vae"), (audio_path, "--audio-encoder")):
-            if not path.exists():
-                raise EmoError(
-                    f"{path} not found: pass {flag} PATH (a local diffusers VAE / transformers "
-                    "wav2vec2 folder) or put it inside the --weights directory"
-                )
+        codec_spec = codec or next((weights / n for n in ("codec", "vae") if (weights / n).exists()), None)
+        if codec_spec is None:
+            raise EmoError(f"{weights} holds no codec/ or vae/: pass --codec PATH (a local diffusers VAE or "
+                           "tiny-autoencoder folder, or taef2) or put it inside the --weights directory")
         model = EMO.from_pretrained(weights)
         return cls(
-            model,
-            load_codec(vae_path),
-            AudioEncoder.from_pretrained(audio_path, device=device),
-            device,
-            dtype,
+            model, load_codec(codec_spec), trained_audio_front_end(weights, audio_encoder, device), device, dtype,
             cache_dir,
         )
 
@@ -371,6 +369,26 @@ class EMOPipeline:
                 bar.set_postfix(clip=f"{clip + 1}/{clips}")
         bar.close()
         return GenerationResult(out_path, written, clips, time.perf_counter() - start)
+
+
+def trained_audio_front_end(weights: Path, audio_encoder: str | Path | None, device):
+    """The audio front-end a checkpoint was trained with: its ``audio_front_end.json`` record decides, and
+    a given ``audio_encoder`` must match it. Checkpoints without a record are wav2vec2 (``wav2vec2/``)."""
+    record_file = weights / FRONT_END_RECORD
+    wav2vec2 = Path(audio_encoder) if audio_encoder else weights / "wav2vec2"
+    if not record_file.is_file():
+        if not wav2vec2.exists():
+            raise EmoError(f"{wav2vec2} not found: pass --audio-encoder PATH (a local transformers wav2vec2 "
+                           "folder) or put it inside the --weights directory")
+        return load_audio_front_end(wav2vec2, device)
+    try:
+        record = json.loads(record_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EmoError(f"{record_file} is not valid JSON ({exc}); export the checkpoint again") from None
+    if audio_encoder and record.get("kind") != WAV2VEC2_KIND:
+        raise EmoError(f"--audio-encoder {audio_encoder}: this model was trained with {record.get('kind')} "
+                       "features, not wav2vec2; leave --audio-encoder out")
+    return front_end_from_record(record, wav2vec2, device)
 
 
 def clip_window(features: torch.Tensor, start: int, length: int, m: int) -> torch.Tensor:

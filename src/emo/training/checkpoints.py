@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -24,7 +24,9 @@ def add_arguments(parser) -> None:
     run.add_argument("--max-steps", type=int, metavar="N", help="override train.max_steps")
     exp = parser.add_argument_group("export")
     exp.add_argument("--out", metavar="DIR", help="export: the --weights directory to write")
-    exp.add_argument("--vae", metavar="PATH", help="export: VAE to include (default: the run's)")
+    exp.add_argument("--codec", "--vae", dest="codec", metavar="PATH",
+                     help="export: latent codec to include (default: the run's)")
+    exp.add_argument("--half", action="store_true", help="export: store the network in float16 (half the size)")
     exp.add_argument("--audio-encoder", metavar="PATH", help="export: wav2vec2 folder to include as wav2vec2/")
     exp.add_argument("--no-ema", action="store_true", help="export: the raw weights even if the run kept an EMA")
     exp.add_argument("--overwrite", action="store_true", help="export: replace --out if it exists")
@@ -42,13 +44,13 @@ def run(args) -> int:
             raise EmoError("--resume / --max-steps are training options, not export options")
         from emo.training.export import export
 
-        out = export(args.target[1], args.out, vae=args.vae, audio_encoder=args.audio_encoder,
-                     use_ema=not args.no_ema, overwrite=args.overwrite)
+        out = export(args.target[1], args.out, codec=args.codec, audio_encoder=args.audio_encoder,
+                     use_ema=not args.no_ema, overwrite=args.overwrite, half=args.half)
         print(f"wrote {out} (use it with: emo generate --weights {out})")
         return 0
 
-    if args.out or args.vae or args.audio_encoder or args.no_ema or args.overwrite:
-        raise EmoError("--out / --vae / --audio-encoder / --no-ema / --overwrite belong to `emo train export`")
+    if args.out or args.codec or args.audio_encoder or args.no_ema or args.overwrite or args.half:
+        raise EmoError("--out / --codec / --audio-encoder / --no-ema / --overwrite / --half belong to `emo train export`")
     config, *overrides = args.target
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")

@@ -41,7 +41,7 @@ class DataConfig:
     size: int | None = None  # resize frames to size² (None: the dataset's size; paper 512)
     num_motion_frames: int = 4  # n (stages 2/3)
     num_frames: int = 12  # f, current frames per clip (stages 2/3)
-    audio_window: int = 2  # m: audio/speed window ±m frames
+    latents: bool = False  # read the dataset's cached latents (emo preprocess --codec) instead of encoding frames
     num_workers: int = 2  # DataLoader worker processes per GPU
     validation_dataset: str | None = None  # fixed validation inputs come from here (None: `dataset`)
 
@@ -86,7 +86,7 @@ class RunConfig:
 class StageConfig:
     stage: int = 1  # 1 image, 2 video (temporal + audio), 3 speed
     model: str = "sd15"  # model preset (emo.config.PRESETS)
-    vae: str = ""  # SD VAE (diffusers folder or its parent pipeline folder); frozen
+    codec: str = ""  # latent codec, frozen: an SD VAE folder (or its pipeline folder), a tiny-autoencoder folder, or taef2
     init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -111,12 +111,11 @@ class StageConfig:
         checks = [
             (self.stage in (1, 2, 3), "stage", f"must be 1, 2 or 3, got {self.stage}"),
             (self.model in PRESETS, "model", f"must be one of {', '.join(PRESETS)}, got {self.model!r}"),
-            (bool(self.vae), "vae", "is required (an SD VAE folder)"),
+            (bool(self.codec), "codec", "is required (an SD VAE folder, a tiny-autoencoder folder, or taef2)"),
             (bool(d.dataset), "data.dataset", "is required (a directory made by `emo preprocess`)"),
             (d.size is None or (d.size >= 16 and d.size % 8 == 0), "data.size", f"must be a multiple of 8, >= 16, got {d.size}"),
             (d.num_motion_frames >= 0, "data.num_motion_frames", f"must be >= 0, got {d.num_motion_frames}"),
             (d.num_frames >= 1, "data.num_frames", f"must be >= 1, got {d.num_frames}"),
-            (d.audio_window >= 0, "data.audio_window", f"must be >= 0, got {d.audio_window}"),
             (d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}"),
             (not (set(t.components) - set(COMPONENTS)), "train.components",
              f"unknown component(s) {', '.join(sorted(set(t.components) - set(COMPONENTS)))}; known: {', '.join(COMPONENTS)}"),

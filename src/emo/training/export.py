@@ -3,7 +3,7 @@
 A run directory holds `base/` (the full network the run started from, written once) and
 `checkpoints/step_XXXXXXXX/` (only the trained parameters, their EMA, optimizer and RNG state). The trained
 network is `base/` with a checkpoint's parameters put back; `export` writes it with `EMO.save_pretrained`
-plus, optionally, `vae/` and `wav2vec2/` subfolders, so the result is a complete `--weights` directory.
+plus, optionally, `vae/` or `codec/` (the latent codec), `audio_front_end.json` and `wav2vec2/`, so the result is a complete `--weights` directory.
 """
 
 from __future__ import annotations
@@ -52,34 +52,50 @@ def load_trained_parameters(model, state: dict, source) -> None:
             params[key].copy_(value)
 
 
-def export(path: str | Path, out: str | Path, vae: str | Path | None = None, audio_encoder: str | Path | None = None,
-           use_ema: bool = True, overwrite: bool = False) -> Path:
+def export(path: str | Path, out: str | Path, codec: str | Path | None = None,
+           audio_encoder: str | Path | None = None, use_ema: bool = True, overwrite: bool = False,
+           half: bool = False) -> Path:
     """Write a run's (or checkpoint's) trained network to `out`, atomically, in the `--weights` layout.
 
-    `vae` defaults to the run's VAE (its config's `vae`); `audio_encoder` (a wav2vec2 folder) is copied when
-    given. The run's config is kept as `out/training_config.json`.
+    `codec` defaults to the run's (its config's `codec`): an SD VAE is copied as `vae/`, a tiny autoencoder
+    saved as `codec/`. The audio front-end the run's dataset was made with is recorded as
+    `audio_front_end.json`; `audio_encoder` (a wav2vec2 folder) is copied when given. The run's config is kept
+    as `out/training_config.json`. `half` stores the network in float16 (half the size; generation computes
+    in the precision it is asked for).
     """
+    import torch
+
+    from emo.codec import SDVAECodec, TinyAutoencoderCodec, load_codec
+    from emo.conditioning.audio_front_end import FRONT_END_RECORD, record_from_id
+
     out = Path(out)
     if out.exists() and not overwrite:
         raise EmoError(f"{out} exists; pass --overwrite to replace it")
     model = load_trained_model(path, use_ema=use_ema)
-    config = None
+    config, front_end = None, None
     if not (Path(path) / "emo.json").is_file():
         run_dir = resolve_checkpoint(path).parent.parent
         if (run_dir / "config.json").is_file():
             config = json.loads((run_dir / "config.json").read_text())
-            vae = vae or config.get("vae")
+            codec = codec or config.get("codec")
+            front_end = dataset_front_end(config)
+    if half:
+        model = model.to(torch.float16)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     try:
         model.save_pretrained(temp)
-        if vae:
-            vae_dir = Path(vae) / "vae" if (Path(vae) / "vae").is_dir() else Path(vae)
-            if not (vae_dir / "config.json").is_file():
-                raise EmoError(f"--vae {vae}: not a diffusers VAE folder (no config.json)")
-            shutil.copytree(vae_dir, temp / "vae")
+        if codec:
+            latent_codec = load_codec(codec)
+            if isinstance(latent_codec, TinyAutoencoderCodec):
+                latent_codec.save(temp / "codec")
+            elif isinstance(latent_codec, SDVAECodec):
+                vae_dir = Path(codec) / "vae" if (Path(codec) / "vae").is_dir() else Path(codec)
+                shutil.copytree(vae_dir, temp / "vae")
+        if front_end is not None:
+            (temp / FRONT_END_RECORD).write_text(json.dumps(record_from_id(front_end), indent=2))
         if audio_encoder:
             if not (Path(audio_encoder) / "config.json").is_file():
                 raise EmoError(f"--audio-encoder {audio_encoder}: not a transformers wav2vec2 folder (no config.json)")
@@ -93,3 +109,12 @@ def export(path: str | Path, out: str | Path, vae: str | Path | None = None, aud
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return out
+
+
+def dataset_front_end(config: dict) -> str | None:
+    """The audio front-end id recorded by the dataset a run trained on (None: unknown or no features)."""
+    dataset = Path(config.get("data", {}).get("dataset", ""))
+    try:
+        return json.loads((dataset / "dataset.json").read_text()).get("audio_encoder")
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -61,15 +61,23 @@ def build_model(cfg: StageConfig):
     return model
 
 
+def audio_window(cfg: StageConfig) -> int:
+    """m, the ±m audio/speed window the stage's model preset was built with (the data is windowed alike)."""
+    from emo.config import preset
+
+    return preset(cfg.model).audio_window
+
+
 def check_model_fits_data(model, cfg: StageConfig) -> None:
     """The audio/speed windows of the data must be the ones the network was built for."""
     if not cfg.video:
         return
+    m = audio_window(cfg)
     windows = {"audio projector": model.audio_projector.config.window, "speed encoder": model.speed_encoder.config.window}
     for what, size in windows.items():
-        if size != 2 * cfg.data.audio_window + 1:
-            raise EmoError(f"data.audio_window {cfg.data.audio_window} gives windows of {2 * cfg.data.audio_window + 1} "
-                           f"frames, the model's {what} takes {size}: set data.audio_window to {(size - 1) // 2}")
+        if size != 2 * m + 1:
+            raise EmoError(f"the network's {what} takes windows of {size} frames, the model preset {cfg.model!r} "
+                           f"windows the data over {2 * m + 1}: train with the preset the network was built with")
     needed = cfg.data.num_motion_frames + cfg.data.num_frames
     if needed > model.backbone.config.temporal_max_len:
         raise EmoError(f"data.num_motion_frames + data.num_frames = {needed} is more than the temporal modules' "
@@ -86,8 +94,8 @@ def build_dataset(cfg: StageConfig, root: str | Path | None = None, seed: int | 
     if cfg.video:
         d = cfg.data
         return VideoClipDataset(root, num_motion_frames=d.num_motion_frames, num_frames=d.num_frames,
-                                audio_window=d.audio_window, size=d.size, seed=seed)
-    return Stage1Dataset(root, size=cfg.data.size, seed=seed)
+                                audio_window=audio_window(cfg), size=d.size, seed=seed, latents=d.latents)
+    return Stage1Dataset(root, size=cfg.data.size, seed=seed, latents=cfg.data.latents)
 
 
 @torch.no_grad()
@@ -96,11 +104,16 @@ def encode_batch(batch: dict, codec: LatentCodec, cfg: StageConfig, generator: t
     """Dataset items (pixels in [-1, 1]) -> latents and conditions.
 
     The target frames are a sample of the codec's posterior where it has one (the SD VAE, as in SD
-    training); the reference and motion frames use its mean, as generation does.
+    training); the reference and motion frames use its mean, as generation does. Items that carry cached
+    latents (``data.latents``) are used as stored: the codec's deterministic encoding (for the SD VAE, its
+    posterior mean).
     """
 
     def encode(pixels: torch.Tensor, sample: bool) -> torch.Tensor:  # (N, 3, H, W) -> (N, C, h, w)
         return codec.encode(pixels.to(device, dtype), generator=generator if sample else None)
+
+    if "reference_latent" in batch:  # the dataset's latent cache: nothing to encode
+        return cached_inputs(batch, cfg, device, dtype)
 
     mask = batch["mask"].to(device)  # (B, 1, H, W)
     reference = encode(batch["reference"], sample=False)  # (B, C, h, w)
@@ -120,6 +133,35 @@ def encode_batch(batch: dict, codec: LatentCodec, cfg: StageConfig, generator: t
     audio = batch["audio"].to(device)  # (B, f, 2m+1, L, D)
     speed = batch["speed"].to(device) if cfg.stage >= 3 else None  # (B, f, 2m+1)
     return ModelInputs(target, reference, motion, n, audio, speed, mask)
+
+
+def cached_inputs(batch: dict, cfg: StageConfig, device, dtype) -> ModelInputs:
+    """Dataset items with cached latents (``data.latents``) -> ModelInputs, as :func:`encode_batch`."""
+    mask = batch["mask"].to(device)  # (B, 1, H, W)
+    reference = batch["reference_latent"].to(device, dtype)  # (B, C, h, w)
+    if not cfg.video:
+        return ModelInputs(batch["target_latent"].to(device, dtype)[:, None], reference, None, 0, None, None, mask)
+    n = cfg.data.num_motion_frames
+    latents = batch["latents"].to(device, dtype)  # (B, n+f, C, h, w)
+    speed = batch["speed"].to(device) if cfg.stage >= 3 else None
+    return ModelInputs(latents[:, n:], reference, latents[:, :n] if n else None, n, batch["audio"].to(device), speed,
+                       mask)
+
+
+def check_cached_latents(root, codec: LatentCodec, spec: str) -> None:
+    """Cached latents are used only with the codec that made them (the model decodes with it)."""
+    from emo.data.latents import dataset_codec
+
+    if not Path(root).is_dir():
+        raise EmoError(f"data.dataset {root} is not a directory; make one with `emo preprocess VIDEOS --out {root}`")
+    recorded = dataset_codec(root)
+    if recorded is None:
+        raise EmoError(f"{root} has no cached latents (data.latents is true); make them with "
+                       f"`emo preprocess --add-latents --out {root} --codec {spec}`, or set data.latents: false")
+    if recorded != codec.fingerprint():
+        raise EmoError(f"the latents of {root} were made by another codec ({recorded[:15]}...) than codec {spec}: "
+                       f"use that codec, or remake them with `emo preprocess --add-latents --codec {spec}` on a "
+                       "copy of the dataset")
 
 
 def check_audio_features(inputs: ModelInputs, model) -> None:

@@ -43,6 +43,7 @@ from emo.training.stages import (
     build_dataset,
     build_model,
     check_audio_features,
+    check_cached_latents,
     encode_batch,
     unused_parameters,
 )
@@ -146,10 +147,13 @@ class Trainer:
     def _setup(self, resume: Path | None) -> None:
         cfg, acc = self.cfg, self.accelerator
         # The codec and the data first: a wrong path fails before the network is built and base/ written.
-        codec = self._codec if self._codec is not None else load_codec(cfg.vae)
+        codec = self._codec if self._codec is not None else load_codec(cfg.codec)
         self.codec = codec.to(self.device).eval().requires_grad_(False)
         if self.dtype != torch.float32:
             self.codec.to(dtype=self.dtype)
+        if cfg.data.latents:
+            for root in {cfg.data.dataset, cfg.data.validation_dataset or cfg.data.dataset}:
+                check_cached_latents(root, self.codec, cfg.codec)
         self.dataset = self._dataset if self._dataset is not None else build_dataset(cfg)
         self.batches_per_epoch = len(self.dataset) // (cfg.train.batch_size * self.world)
         if self.batches_per_epoch == 0:
