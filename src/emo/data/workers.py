@@ -115,34 +115,36 @@ def _run_pool(queue, slots: int, context, initargs: tuple, job: tuple, done) -> 
         done(record)
         return True
 
-    with ProcessPoolExecutor(slots, mp_context=context, initializer=_worker_init, initargs=initargs) as pool:
-        try:
-            _start_workers(pool, slots)
-            broken = False
-            while queue and not broken:
-                # At most one job per worker, so the jobs a broken pool fails are the ones it was running.
-                while queue and len(running) < slots:
-                    try:
-                        running[pool.submit(_worker_run, process_fn, str(queue[0]), str(root), config)] = queue[0]
-                    except BrokenProcessPool:
-                        broken = True
-                        break
-                    queue.popleft()
-                if running:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    broken = not all([collect(future) for future in finished]) or broken
-            for future in list(running):  # the last jobs; after a break they end at once
-                collect(future)
-        except BaseException:  # Ctrl-C, SIGTERM: don't wait for the videos in flight (the `with` would)
-            _stop_workers(pool)
-            raise
+    # Not `with`: on Ctrl-C / SIGTERM its exit would wait for every video in flight to finish.
+    pool = ProcessPoolExecutor(slots, mp_context=context, initializer=_worker_init, initargs=initargs)
+    try:
+        _start_workers(pool, slots)
+        broken = False
+        while queue and not broken:
+            # At most one job per worker, so the jobs a broken pool fails are the ones it was running.
+            while queue and len(running) < slots:
+                try:
+                    running[pool.submit(_worker_run, process_fn, str(queue[0]), str(root), config)] = queue[0]
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                queue.popleft()
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = not all([collect(future) for future in finished]) or broken
+        for future in list(running):  # the last jobs; after a break they end at once
+            collect(future)
+        pool.shutdown()
+    except BaseException:  # also Ctrl-C, SIGTERM
+        _stop_workers(pool)
+        raise
     return lost
 
 
 def _stop_workers(pool, grace_s: float = 10.0) -> None:
     """SIGTERM every worker (each removes its temporary folder, see _worker_init), SIGKILL the ones still
-    there after ``grace_s``. SIGTERM sent to the main process alone (``timeout``, ``docker stop``) reaches
-    no worker, and shutting the pool down would wait for every video in flight to finish."""
+    there after ``grace_s``: SIGTERM sent to the main process alone (``timeout``, ``docker stop``) reaches
+    no worker."""
     import time
 
     # ProcessPoolExecutor has no public way to stop its workers before Python 3.14 (terminate_workers).
