@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "bench": "emo.bench",
     "train": "emo.training.cli",
     "evaluate": "emo.eval.cli",
+    "ui": "emo.ui.cli",
 }
 # Maintainer tools: they run like commands but are not listed in `emo --help`.
 HIDDEN_COMMANDS: dict[str, str] = {
