@@ -325,3 +325,25 @@ def test_16_bit_png_orientation_is_applied(tmp_path, face_analyzer):
     upright = np.asarray(Image.open(PORTRAIT).convert("L"), dtype=np.float64)
     assert np.abs(rgb[..., 0].astype(np.float64) - upright).mean() < 2
     assert len(face_analyzer.detect(rgb)) == 1
+
+
+def test_phone_rotation_metadata_is_applied(tmp_path):
+    """A phone stores an upright video sideways plus a display matrix ("rotate 90"): frames and sizes come
+    out as a player shows them."""
+    import struct
+
+    rng = np.random.default_rng(0)
+    frames = [np.repeat(np.repeat(rng.integers(0, 256, (4, 8, 3), dtype=np.uint8), 8, 0), 8, 1)] * 3  # 32x64
+    from emo.media import write_video
+
+    write_video(tmp_path / "stored.mp4", frames, 10)
+    data = bytearray((tmp_path / "stored.mp4").read_bytes())
+    matrix = data.find(b"tkhd") + 4 + 40  # version-0 track header: the 3x3 matrix after 40 bytes
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)  # rotate 90
+    (tmp_path / "phone.mp4").write_bytes(bytes(data))
+    info = probe_video(tmp_path / "phone.mp4")
+    assert (info.width, info.height) == (32, 64)
+    shown = next(iter_video_frames(tmp_path / "phone.mp4"))
+    stored = next(iter_video_frames(tmp_path / "stored.mp4"))
+    assert shown.shape == (64, 32, 3) and stored.shape == (32, 64, 3)
+    assert np.abs(shown.astype(int) - np.rot90(stored, -1).astype(int)).mean() < 3  # turned clockwise

@@ -446,6 +446,25 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+SIGTERM_RANK_1_AFTER_STEP_1 = """
+import os, signal, sys
+from emo.cli import main
+from emo.training import trainer
+
+log = trainer.Trainer._log
+
+
+def log_then_sigterm(self, step, *args):
+    log(self, step, *args)
+    if os.environ["RANK"] == "1" and step == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+trainer.Trainer._log = log_then_sigterm
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
     """The same command under torchrun (2 processes, DDP over gloo on CPU): stage 1 with the ReferenceNet
     training (no unused-parameter errors), and interrupting + resuming matches the uninterrupted run.
@@ -462,13 +481,14 @@ def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
     slow.write_text(SLOW_RANK_1)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
-    def train(out: Path, *extra: str, program: tuple[str, ...] = ("-m", "emo.cli")) -> None:
+    def train(out: Path, *extra: str, program: tuple[str, ...] = ("-m", "emo.cli"), check: bool = True):
         args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 *program, "train", str(config), f"codec={assets['vae']}", f"init.sd15={assets['sd15']}",
                 f"data.dataset={assets['dataset']}", f"run.output_dir={out}", "run.validate_every=0",
                 "run.checkpoint_every=2", "train.batch_size=1", "train.warmup_steps=0", *extra]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0 or not check, done.stderr[-3000:]
+        return done
 
     def losses(out: Path) -> dict[int, float]:
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -489,6 +509,21 @@ def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
     wa = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000004" / layout.TRAINABLE))
     wb = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000004" / layout.TRAINABLE))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+
+    # Preempted: SIGTERM reaches rank 1 alone, after step 1 (checkpoints come every 2): both ranks checkpoint
+    # step 1 and stop (128 + 15), and resuming from it gives the uninterrupted run.
+    sigterm = tmp_path / "sigterm_rank_1.py"
+    sigterm.write_text(SIGTERM_RANK_1_AFTER_STEP_1)
+    done = train(tmp_path / "c", "--max-steps", "4", program=(str(sigterm),), check=False)
+    assert done.returncode != 0 and "emo: terminated (SIGTERM)" in done.stderr, done.stderr[-3000:]
+    assert [p.name for p in layout.list_checkpoints(tmp_path / "c")] == ["step_00000001"]
+    assert json.loads((tmp_path / "c" / "checkpoints" / "step_00000001" / layout.STATE).read_text())["world_size"] == 2
+    train(tmp_path / "c", "--max-steps", "4", "--resume", "auto")
+    c = losses(tmp_path / "c")
+    assert sorted(c) == [1, 2, 3, 4] and max(abs(a[k] - c[k]) for k in a) <= 1e-6
+    wc = load_file(str(tmp_path / "c" / "checkpoints" / "step_00000004" / layout.TRAINABLE))
+    assert max((wa[k] - wc[k]).abs().max().item() for k in wa) <= 1e-6
+    assert not list((tmp_path / "c" / "checkpoints").glob(".tmp-*"))
 
 
 @pytest.mark.slow
@@ -511,3 +546,56 @@ def test_overfitting_one_clip_lowers_the_loss(assets, runs, tmp_path):
     print("validation loss by step:", {k: round(v, 4) for k, v in curve.items()})
     assert sorted(curve) == [0, 25, 50, 75, 100]
     assert curve[100] < 0.5 * curve[0]
+
+
+class SigtermAtRead(Head):
+    """The first `count` items; the `at`-th read sends SIGTERM to this process (as SLURM or Kubernetes would,
+    here in the middle of an optimizer step: its first micro-batch is loaded, the second not yet)."""
+
+    def __init__(self, data, count: int, at: int):
+        super().__init__(data, count)
+        self.at, self.reads = at, 0
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.reads == self.at:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__getitem__(index)
+
+
+def test_sigterm_checkpoints_the_step_in_flight_and_resume_repeats_the_run(assets, runs, tmp_path):
+    """SIGTERM during step 3 (gradient accumulation 2, signal between its micro-batches): step 3 finishes, is
+    checkpointed (checkpoints are otherwise every 100 steps), Terminated is raised; resuming to 6 gives the
+    losses and weights (EMA included) of 6 steps straight."""
+    import signal
+
+    from emo.termination import Terminated
+    from emo.training.stages import build_dataset
+
+    def config(out):
+        return stage_config(assets, 2, out, {"checkpoint": str(runs[1])},
+                            train={"batch_size": 1, "gradient_accumulation": 2, "max_steps": 6, "warmup_steps": 2,
+                                   "lr_schedule": "cosine", "ema_decay": 0.9, "drop_audio": 0.2},
+                            run={"checkpoint_every": 100})
+
+    data = build_dataset(config(tmp_path / "a"))
+    straight = Trainer(config(tmp_path / "a"), dataset=Head(data, 5)).fit()
+    with pytest.raises(Terminated) as stopped:
+        Trainer(config(tmp_path / "b"), dataset=SigtermAtRead(data, 5, at=5)).fit()  # read 5: step 3, micro 1
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the trainer put the handler back
+    assert [p.name for p in layout.list_checkpoints(tmp_path / "b")] == ["step_00000003"]
+    assert not list((tmp_path / "b" / "checkpoints").glob(".tmp-*"))
+    resumed = Trainer(config(tmp_path / "b"), dataset=Head(data, 5)).fit(resume="auto")
+    assert sorted(resumed.losses) == [4, 5, 6]
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in records}
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert max(abs(losses[s] - straight.losses[s]) for s in range(1, 7)) <= 1e-6
+    for name in (layout.TRAINABLE, layout.EMA):
+        a = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000006" / name))
+        b = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000006" / name))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name

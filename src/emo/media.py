@@ -283,7 +283,7 @@ class VideoInfo:
 
     fps: float  # average frame rate of the video stream
     num_frames: int  # frame count from the header, else round(duration * fps): an estimate
-    width: int  # pixels, as decoded (before any rotation metadata)
+    width: int  # pixels, as displayed (rotation metadata applied, as iter_video_frames yields them)
     height: int  # pixels
     duration_s: float  # seconds, video stream duration if known, else the container's
     has_audio: bool  # whether there is at least one audio stream
@@ -314,16 +314,39 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         if duration <= 0 and num_frames:
             duration = num_frames / fps
         audio = container.streams.audio[0] if container.streams.audio else None
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        if _quarter_turns(_first_frame(container, stream)) % 2:
+            width, height = height, width  # a phone video shot upright, stored sideways
         return VideoInfo(
             fps=fps,
             num_frames=num_frames,
-            width=int(stream.codec_context.width),
-            height=int(stream.codec_context.height),
+            width=width,
+            height=height,
             duration_s=duration,
             has_audio=audio is not None,
             start_s=_start_s(stream),
             audio_start_s=_start_s(audio) if audio is not None else 0.0,
         )
+
+
+def _first_frame(container, stream):
+    """The first decoded frame (its side data holds the display rotation), or None."""
+    import av
+
+    try:
+        return next(container.decode(stream), None)
+    except (av.FFmpegError, ValueError):
+        return None
+
+
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright (its display matrix, as phones write it).
+
+    ``frame.rotation`` is the display matrix's angle in degrees counter-clockwise (-90: a phone's "rotate 90",
+    turn clockwise); players apply it, and so do we, so a portrait phone video comes out upright.
+    """
+    rotation = getattr(frame, "rotation", 0) if frame is not None else 0
+    return round((rotation or 0) / 90) % 4
 
 
 def _start_s(stream) -> float:
@@ -342,7 +365,9 @@ def _decoded_frames(path: Path) -> Iterator[tuple[float | None, np.ndarray]]:
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                yield frame.time, frame.to_ndarray(format="rgb24")
+                turns = _quarter_turns(frame)
+                rgb = frame.to_ndarray(format="rgb24")
+                yield frame.time, np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
         except av.FFmpegError as exc:
             raise EmoError(f"cannot decode video {path}: corrupt data ({_reason(exc)})") from None
 
