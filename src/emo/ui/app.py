@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 # the `emo generate` flag of the same name, so the two cannot drift apart.
 PORTRAIT_OPTIONS = ("region", "size", "strict")  # these change the crop: the preview follows them
 OPTIONS = ("steps", "sampler", "speed", "seed", "reference_guidance", "audio_guidance", "fps", "max_duration")
-EXTRA_HELP = {"seed": "the same seed gives the same video"}  # flags whose CLI help is the name alone
 FACE_COLOR, REGION_COLOR = (40, 220, 40), (255, 150, 0)
 
 
@@ -41,7 +40,7 @@ def generate_flags() -> dict[str, argparse.Action]:
 
 def option_widget(action: argparse.Action) -> gr.components.Component:
     label = action.option_strings[0].lstrip("-").replace("-", " ")
-    common = dict(label=label, info=action.help or EXTRA_HELP.get(action.dest), elem_id=action.dest)
+    common = dict(label=label, info=action.help, elem_id=action.dest)
     if action.dest == "region":
         return gr.Dropdown(list(REGIONS), value=action.default, allow_custom_value=True, **common)
     if action.choices:
