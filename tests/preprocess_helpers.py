@@ -11,8 +11,21 @@ from emo.data.video_processing import process_video
 
 
 def process_or_crash(source: Path, root: Path, config, tools) -> dict:
-    """process_video, except that a video named crash*.mp4 kills its worker process, as a segfault in
+    """process_video, except that a video with "crash" in its name kills its worker process, as a segfault in
     FFmpeg or the out-of-memory killer would (run_preprocess(process_fn=...))."""
-    if source.name.startswith("crash"):
+    if "crash" in source.name:
         os.kill(os.getpid(), signal.SIGKILL)
+    return process_video(source, root, config, tools)
+
+
+def process_on_a_full_disk(source: Path, root: Path, config, tools) -> dict:
+    """process_video on a disk that refuses every frame of the clips (ENOSPC), in the worker process."""
+    import errno
+
+    from emo.data import clips as clipfmt
+
+    def full(self, image):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    clipfmt.FrameStreamWriter.write = full
     return process_video(source, root, config, tools)

@@ -420,17 +420,17 @@ def test_kill_9_then_rerun_gives_the_same_dataset(videos, dataset, tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_crashing_worker_is_recorded_as_failed_and_the_rest_continue(videos, dataset, tmp_path, workers):
-    crash = tmp_path / "crash.mp4"  # sorts before the other input: it crashes first
+    crash = tmp_path / "b_crash.mp4"  # sorts before c_silent.mp4: it crashes first, the other runs after
     crash.write_bytes(videos["silent"].read_bytes())
     inputs, out = [crash, videos["silent"]], tmp_path / "ds"
     options = dict(workers=workers, process_fn=process_or_crash, progress=False)
     summary = run_preprocess(inputs, out, CONFIG, **options)
     records = records_by_source(out)
-    crashed = records["crash.mp4"]
+    crashed = records["b_crash.mp4"]
     assert crashed["status"] == "failed" and crashed["error"].startswith("worker crashed")
-    assert "crash.mp4" in crashed["error"]
+    assert "b_crash.mp4" in crashed["error"]
     assert summary["videos_failed"] == 1 and summary["videos_ok"] == 1
-    assert [Path(f["source"]).name for f in summary["failed"]] == ["crash.mp4"]
+    assert [Path(f["source"]).name for f in summary["failed"]] == ["b_crash.mp4"]
     # The other video is exactly as in the reference run; nothing half-written is left behind.
     silent = records_by_source(dataset)["c_silent.mp4"]
     assert records["c_silent.mp4"]["clips"] == silent["clips"] != []

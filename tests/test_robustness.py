@@ -259,3 +259,32 @@ def test_a_tiny_face_is_used_with_a_warning_giving_its_size(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="emo.conditioning.face.portrait"):
         prepare_portrait(PORTRAIT, size=512)
     assert not [r for r in caplog.records if "px" in r.getMessage()]
+
+
+def test_safetensors_on_a_full_disk_is_a_write_error_and_leaves_nothing(small_disk):
+    import torch
+    from safetensors.torch import save_file
+
+    from emo.media import WriteError, atomic_path, writing
+
+    out = small_disk / "features.safetensors"
+    with pytest.raises(WriteError, match=f"^no space left on device writing {out}$"):
+        with writing(out), atomic_path(out) as temp:
+            save_file({"features": torch.zeros(600_000)}, str(temp))  # 2.4 MB into 1 MiB
+    assert list(small_disk.iterdir()) == []
+
+
+def test_a_full_disk_while_preprocessing_stops_the_run_instead_of_failing_the_video(tmp_path):
+    """A video whose clip cannot be written is not a bad video: the run stops with the disk's one line and
+    nothing is recorded, so a rerun on a disk with room processes it."""
+    from preprocess_helpers import process_on_a_full_disk
+
+    from emo.data.dataset_config import PreprocessConfig
+    from emo.data.preprocess import run_preprocess
+    from emo.media import WriteError
+
+    out = tmp_path / "ds"
+    with pytest.raises(WriteError, match="no space left on device writing"):
+        run_preprocess([DATA / "hdtf_speech_256_4s.mp4"], out, PreprocessConfig(size=64, min_clip_s=1.0),
+                       workers=1, process_fn=process_on_a_full_disk, progress=False)
+    assert not list((out / "videos").glob("*/video.json")) and not list((out / "tmp").glob("*"))

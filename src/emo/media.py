@@ -16,6 +16,7 @@ import errno
 import logging
 import math
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 
 from emo.errors import EmoError
 
@@ -45,10 +47,24 @@ USER_WRITE_ERRNOS = {
 }
 
 
+class WriteError(EmoError):
+    """The disk refused an output (full, read-only, no permission): the user's to fix, and not a property of
+    the input, so a preprocessing run stops on it instead of recording the video as failed."""
+
+
 def write_error(exc: OSError, path: str | os.PathLike | None) -> EmoError:
     """The one-line EmoError for an OSError of :data:`USER_WRITE_ERRNOS` raised while writing ``path``."""
     reason = USER_WRITE_ERRNOS[exc.errno]
-    return EmoError(f"{reason} writing {path}" if path else f"{reason} ({exc.strerror or exc})")
+    return WriteError(f"{reason} writing {path}" if path else f"{reason} ({exc.strerror or exc})")
+
+
+def _os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of an OSError that safetensors' Rust writer reports in its message
+    ("... (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
 
 
 @contextlib.contextmanager
@@ -57,9 +73,10 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
     naming ``path`` (the final name, not the temporary one the bytes were going to)."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno in USER_WRITE_ERRNOS:
-            raise write_error(exc, path) from None
+    except (OSError, SafetensorError) as exc:
+        code = _os_errno(exc)
+        if code in USER_WRITE_ERRNOS:
+            raise write_error(OSError(code, os.strerror(code)), path) from None
         raise
 
 

@@ -151,10 +151,10 @@ def write_audio_features(clip_dir: Path, wave: np.ndarray, fps: float, num_frame
     import torch
     from safetensors.torch import save_file
 
-    from emo.media import atomic_path
+    from emo.media import atomic_path, writing
 
     features = encoder.frame_features(wave, fps, num_frames=num_frames).to(torch.float16).contiguous()
-    with atomic_path(clip_dir / clipfmt.AUDIO_FEATURES) as temp:
+    with writing(clip_dir / clipfmt.AUDIO_FEATURES), atomic_path(clip_dir / clipfmt.AUDIO_FEATURES) as temp:
         save_file({"features": features}, str(temp))
 
 

@@ -23,7 +23,7 @@ from emo.codec import load_codec
 from emo.data import manifest as mf
 from emo.data.clips import LATENTS, META, read_frames
 from emo.errors import EmoError
-from emo.media import atomic_path
+from emo.media import atomic_path, writing
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def add_latents(root: str | os.PathLike, codec_spec, shard: str | None = None, d
             frames = read_frames(directory, range(start, min(start + batch, clip["num_frames"])), offsets)
             pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1  # (N, 3, S, S)
             parts.append(codec.encode(pixels).to(torch.float16).cpu())  # (N, C, s, s)
-        with atomic_path(directory / LATENTS) as temp:
+        with writing(directory / LATENTS), atomic_path(directory / LATENTS) as temp:
             save_file({"latents": torch.cat(parts).contiguous()}, str(temp))
     logger.info("latents: %d clips encoded", len(clips))
     return mf.build_manifest(root)

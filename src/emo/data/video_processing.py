@@ -37,6 +37,7 @@ from emo.data.dataset_config import PreprocessConfig
 from emo.data.motion import CameraMotion
 from emo.data.scenes import SceneCutDetector, Span, scenes_from_cuts, split_scene
 from emo.errors import EmoError
+from emo.media import USER_WRITE_ERRNOS, WriteError, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -224,11 +225,19 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: Too
             kept.append(clip)
         record["clips"] = kept
         record["dropped"] = sorted(dropped, key=lambda d: d["start_s"])
-    except EmoError as exc:
-        record.update(status="failed", error=str(exc), clips=[], dropped=[])
-    except (KeyboardInterrupt, SystemExit):
+    # Stopped, or the disk refused an output (full, read-only: not the video's fault, so the run stops rather
+    # than recording the video as failed): nothing half-written stays.
+    except (KeyboardInterrupt, SystemExit, WriteError):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    except EmoError as exc:
+        record.update(status="failed", error=str(exc), clips=[], dropped=[])
+    except OSError as exc:
+        if exc.errno in USER_WRITE_ERRNOS:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_error(exc, root) from None
+        logger.debug("%s failed", source, exc_info=True)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", clips=[], dropped=[])
     except Exception as exc:  # a broken file can break a decoder in many ways; keep the run going
         logger.debug("%s failed", source, exc_info=True)
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", clips=[], dropped=[])

@@ -21,6 +21,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
 from emo.errors import EmoError
+from emo.media import writing
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,20 @@ class Checkpointer:
 
     def save(self, position: Position, trainable: dict, ema, optimizer, scheduler, stage: int,
              components: list[str]) -> Path:
+        """Write the checkpoint of ``position`` atomically; a full disk is one line naming it (no partial one)."""
+        final = self.run_dir / CHECKPOINTS / f"step_{position.step:08d}"
+        try:
+            with writing(final):
+                return self._save(final, position, trainable, ema, optimizer, scheduler, stage, components)
+        except BaseException:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(final.with_name(f".tmp-{final.name}"), ignore_errors=True)
+            raise
+
+    def _save(self, final: Path, position: Position, trainable: dict, ema, optimizer, scheduler, stage: int,
+              components: list[str]) -> Path:
         acc = self.accelerator
-        root = self.run_dir / CHECKPOINTS
-        final = root / f"step_{position.step:08d}"
-        temp = root / f".tmp-{final.name}"  # from the step alone (no pid): the same directory on every rank
+        temp = final.with_name(f".tmp-{final.name}")  # from the step alone (no pid): the same directory on every rank
         if acc.is_main_process:
             shutil.rmtree(temp, ignore_errors=True)
             temp.mkdir(parents=True)

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from emo.errors import EmoError
+from emo.media import writing
 from emo.training.checkpoints import BASE, EMA, TRAINABLE, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -86,25 +87,26 @@ def export(path: str | Path, out: str | Path, codec: str | Path | None = None,
     temp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     try:
-        model.save_pretrained(temp)
-        if codec:
-            latent_codec = load_codec(codec)
-            if isinstance(latent_codec, TinyAutoencoderCodec):
-                latent_codec.save(temp / "codec")
-            elif isinstance(latent_codec, SDVAECodec):
-                vae_dir = Path(codec) / "vae" if (Path(codec) / "vae").is_dir() else Path(codec)
-                shutil.copytree(vae_dir, temp / "vae")
-        if front_end is not None:
-            (temp / FRONT_END_RECORD).write_text(json.dumps(record_from_id(front_end), indent=2))
-        if audio_encoder:
-            if not (Path(audio_encoder) / "config.json").is_file():
-                raise EmoError(f"--audio-encoder {audio_encoder}: not a transformers wav2vec2 folder (no config.json)")
-            shutil.copytree(audio_encoder, temp / "wav2vec2")
-        if config is not None:
-            (temp / "training_config.json").write_text(json.dumps(config, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(temp, out)
+        with writing(out):  # a full disk is one line naming the output, and no partial folder
+            model.save_pretrained(temp)
+            if codec:
+                latent_codec = load_codec(codec)
+                if isinstance(latent_codec, TinyAutoencoderCodec):
+                    latent_codec.save(temp / "codec")
+                elif isinstance(latent_codec, SDVAECodec):
+                    vae_dir = Path(codec) / "vae" if (Path(codec) / "vae").is_dir() else Path(codec)
+                    shutil.copytree(vae_dir, temp / "vae")
+            if front_end is not None:
+                (temp / FRONT_END_RECORD).write_text(json.dumps(record_from_id(front_end), indent=2))
+            if audio_encoder:
+                if not (Path(audio_encoder) / "config.json").is_file():
+                    raise EmoError(f"--audio-encoder {audio_encoder}: not a transformers wav2vec2 folder (no config.json)")
+                shutil.copytree(audio_encoder, temp / "wav2vec2")
+            if config is not None:
+                (temp / "training_config.json").write_text(json.dumps(config, indent=2))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
