@@ -1,0 +1,156 @@
+"""Output files written atomically, input files checked, and the disk errors that are the user's to fix."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from safetensors import SafetensorError
+
+from emo.errors import EmoError
+
+logger = logging.getLogger(__name__)
+
+AUDIO_FORMATS = "wav, mp3, m4a, flac, ogg, or the audio track of mp4/mov"
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writes: one home for "temp name in the same directory, then os.replace".
+# --------------------------------------------------------------------------------------------------
+
+
+# Errors writing a file that the user fixes (free space, a writable place), not bugs: one line, no partial file.
+USER_WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+
+
+class WriteError(EmoError):
+    """The disk refused an output (full, read-only, no permission): the user's to fix, and not a property of
+    the input, so a preprocessing run stops on it instead of recording the video as failed."""
+
+
+def write_error(exc: OSError, path: str | os.PathLike | None) -> EmoError:
+    """The one-line EmoError for an OSError of :data:`USER_WRITE_ERRNOS` raised while writing ``path``."""
+    reason = USER_WRITE_ERRNOS[exc.errno]
+    return WriteError(f"{reason} writing {path}" if path else f"{reason} ({exc.strerror or exc})")
+
+
+def _os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of an OSError that safetensors' Rust writer reports in its message
+    ("... (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk, a read-only file system or a permission error inside the block into an EmoError
+    naming ``path`` (the final name, not the temporary one the bytes were going to)."""
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:
+        code = _os_errno(exc)
+        if code in USER_WRITE_ERRNOS:
+            raise write_error(OSError(code, os.strerror(code)), path) from None
+        raise
+
+
+def temp_sibling(path: Path) -> Path:
+    # Same directory (so os.replace is a rename, not a copy) and the same suffix (so writers that pick
+    # a format from the suffix, e.g. np.save or an mp4 muxer, behave as for the final name).
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+
+
+def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise EmoError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise EmoError(f"{path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmoError(f"cannot create the directory for {path}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise EmoError(f"cannot write {path}: directory {path.parent} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error removed.
+
+    The parent directory is created if missing. ``overwrite=False`` raises EmoError up front if ``path``
+    exists. Readers never see a partial file: ``path`` is either the old file or the complete new one.
+    """
+    path = prepare_output(path, overwrite)
+    temp = temp_sibling(path)
+    try:
+        with writing(path):
+            yield temp
+            if not temp.exists():
+                raise RuntimeError(f"nothing was written to the temporary file for {path}")
+            os.replace(temp, path)
+    except BaseException:  # also SIGTERM (emo.termination) and Ctrl-C: no partial file is left
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`); returns the path."""
+    with atomic_path(path, overwrite=overwrite) as temp:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks shared by the readers.
+# --------------------------------------------------------------------------------------------------
+
+
+def check_input(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise EmoError(f"{what} file not found: {path}")
+    if not path.is_file():
+        raise EmoError(f"{what} path is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise EmoError(f"{what} file is empty (0 bytes): {path}")
+    return path
+
+
+def open_container(path: Path, what: str):
+    import av
+
+    try:
+        return av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise EmoError(
+            f"cannot read {what} {path}: not a readable media file ({decode_reason(exc)}); "
+            f"supported: {AUDIO_FORMATS if what == 'audio' else 'mp4, mov, mkv, webm'}"
+        ) from None
+
+
+def decode_reason(exc: BaseException) -> str:
+    strerror = getattr(exc, "strerror", None)
+    if strerror:  # FFmpeg/OS errors: the bare reason, without the errno and the path repeated
+        return str(strerror).strip()
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
