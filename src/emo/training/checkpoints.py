@@ -53,6 +53,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def load_trained_parameters(model, state: dict, source) -> None:
+    """Copy a checkpoint's trained parameters into `model` (every key must exist with its shape)."""
+    params = dict(model.named_parameters())
+    bad = [k for k in state if k not in params or params[k].shape != state[k].shape]
+    if bad:
+        raise EmoError(f"{source} does not fit this network: e.g. {bad[0]} (was it written by another model preset?)")
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value)
+
+
 @dataclass
 class Position:
     """Where training is: optimizer steps done and the next micro-batch of the data order."""
@@ -141,8 +152,6 @@ class Checkpointer:
 
     def load(self, checkpoint: Path, model, trainable: dict, ema, optimizer, scheduler,
              components: list[str], device) -> Position:
-        from emo.training.export import load_trained_parameters
-
         state = json.loads((checkpoint / STATE).read_text())
         if sorted(state["components"]) != sorted(components):
             raise EmoError(f"{checkpoint} trained {', '.join(state['components'])}, the config trains "

@@ -17,6 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from emo.config import PRESETS
 from emo.errors import EmoError
 
 STAGE_COMPONENTS = {  # EMO.md §3: what each stage trains unless the config says otherwise
@@ -104,7 +107,7 @@ class StageConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> StageConfig:
-        from emo.config import PRESETS
+        # Here, not at the top: reading and checking a config loads no torch / diffusers.
         from emo.models.emo import COMPONENTS
 
         t, d, r = self.train, self.data, self.run
@@ -212,8 +215,6 @@ def _from_dict(cls, data, prefix: str = ""):
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`section.key=value` strings onto a raw config dict (values parsed as YAML)."""
-    import yaml
-
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -230,8 +231,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> StageConfig:
     """Read, override and validate a stage config (EmoError naming the bad field)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise EmoError(f"config file not found: {path}")

@@ -14,18 +14,21 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
+from emo.codec import SDVAECodec, TinyAutoencoderCodec, load_codec
+from emo.conditioning.audio_front_end import FRONT_END_RECORD, record_from_id
 from emo.errors import EmoError
 from emo.media import writing
-from emo.training.checkpoints import BASE, EMA, TRAINABLE, resolve_checkpoint
+from emo.models import EMO
+from emo.training.checkpoints import BASE, EMA, TRAINABLE, load_trained_parameters, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
+
 def load_trained_model(path: str | Path, use_ema: bool = True):
     """The network of an export directory (EMO layout), a run directory or one of its checkpoints."""
-    from safetensors.torch import load_file
-
-    from emo.models import EMO
-
     path = Path(path)
     if (path / "emo.json").is_file():
         return EMO.from_pretrained(path)
@@ -40,19 +43,6 @@ def load_trained_model(path: str | Path, use_ema: bool = True):
     return model
 
 
-def load_trained_parameters(model, state: dict, source) -> None:
-    """Copy a checkpoint's trained parameters into `model` (every key must exist with its shape)."""
-    import torch
-
-    params = dict(model.named_parameters())
-    bad = [k for k in state if k not in params or params[k].shape != state[k].shape]
-    if bad:
-        raise EmoError(f"{source} does not fit this network: e.g. {bad[0]} (was it written by another model preset?)")
-    with torch.no_grad():
-        for key, value in state.items():
-            params[key].copy_(value)
-
-
 def export(path: str | Path, out: str | Path, codec: str | Path | None = None,
            audio_encoder: str | Path | None = None, use_ema: bool = True, overwrite: bool = False,
            half: bool = False) -> Path:
@@ -64,11 +54,6 @@ def export(path: str | Path, out: str | Path, codec: str | Path | None = None,
     as `out/training_config.json`. `half` stores the network in float16 (half the size; generation computes
     in the precision it is asked for).
     """
-    import torch
-
-    from emo.codec import SDVAECodec, TinyAutoencoderCodec, load_codec
-    from emo.conditioning.audio_front_end import FRONT_END_RECORD, record_from_id
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise EmoError(f"{out} exists; pass --overwrite to replace it")

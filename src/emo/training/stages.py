@@ -18,8 +18,14 @@ import torch
 from einops import rearrange
 
 from emo.codec import LatentCodec
+from emo.config import preset
+from emo.data.dataset import Stage1Dataset, VideoClipDataset
+from emo.data.latents import dataset_codec
 from emo.errors import EmoError
+from emo.models import EMO, Conditioning
+from emo.models.loading import load_motion_module, load_sd15
 from emo.training.config import StageConfig
+from emo.training.export import load_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +45,6 @@ class ModelInputs:
 
 def build_model(cfg: StageConfig):
     """The network a stage starts from (EMO.md §3): SD1.5 for stage 1, the previous stage for 2 and 3."""
-    from emo.config import preset
-    from emo.models import EMO
-    from emo.models.loading import load_motion_module, load_sd15
-    from emo.training.export import load_trained_model
-
     if cfg.init.checkpoint is not None:
         model = load_trained_model(cfg.init.checkpoint)
         log.info("stage %d starts from %s", cfg.stage, cfg.init.checkpoint)
@@ -63,8 +64,6 @@ def build_model(cfg: StageConfig):
 
 def audio_window(cfg: StageConfig) -> int:
     """m, the ±m audio/speed window the stage's model preset was built with (the data is windowed alike)."""
-    from emo.config import preset
-
     return preset(cfg.model).audio_window
 
 
@@ -85,8 +84,6 @@ def check_model_fits_data(model, cfg: StageConfig) -> None:
 
 
 def build_dataset(cfg: StageConfig, root: str | Path | None = None, seed: int | None = None):
-    from emo.data.dataset import Stage1Dataset, VideoClipDataset
-
     root = root or cfg.data.dataset
     seed = cfg.train.seed if seed is None else seed
     if not Path(root).is_dir():
@@ -150,8 +147,6 @@ def cached_inputs(batch: dict, cfg: StageConfig, device, dtype) -> ModelInputs:
 
 def check_cached_latents(root, codec: LatentCodec, spec: str) -> None:
     """Cached latents are used only with the codec that made them (the model decodes with it)."""
-    from emo.data.latents import dataset_codec
-
     if not Path(root).is_dir():
         raise EmoError(f"data.dataset {root} is not a directory; make one with `emo preprocess VIDEOS --out {root}`")
     recorded = dataset_codec(root)
@@ -183,8 +178,6 @@ def unused_parameters(net, model, cfg: StageConfig, device) -> list[str]:
     are left out of the optimizer, so DDP needs no `find_unused_parameters` and checkpoints hold only what
     trains.
     """
-    from emo.models import Conditioning
-
     b, h = 1, 8
     frames = cfg.data.num_frames if cfg.video else 1
     n = cfg.data.num_motion_frames if cfg.video else 0
