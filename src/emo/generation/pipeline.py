@@ -27,17 +27,20 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from emo.codec import LatentCodec, SDVAECodec, load_codec, to_uint8_frames
+from emo.conditioning.audio_features import AudioEncoder
 from emo.conditioning.audio_front_end import (
     FRONT_END_RECORD,
     WAV2VEC2_KIND,
     front_end_from_record,
     load_audio_front_end,
 )
+from emo.conditioning.face import Box, box_mask, parse_region, prepare_portrait
 from emo.conditioning.windows import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
 from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample
+from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,6 @@ class GenerationOptions:
         for ok, message in checks:
             if not ok:
                 raise EmoError(message)
-        from emo.conditioning.face.geometry import Box, box_mask, parse_region
-
         region = parse_region(self.region)
         # A box outside the crop would give the Face Locator an all-zero mask, silently; fail before any work.
         if isinstance(region, Box) and not box_mask(region, self.size).any():
@@ -182,9 +183,6 @@ class EMOPipeline:
     ) -> EMOPipeline:
         """A random tiny model (smoke runs and tests; its video is noise-like by design). ``audio_shape="base"``
         gives it wav2vec2-base-shaped audio features (13 x 768), as a real model holds (benchmarks)."""
-        from emo.conditioning.audio_features import AudioEncoder
-        from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
-
         model = tiny_emo(seed, audio_shape=audio_shape)
         audio = AudioEncoder(tiny_audio_model(seed, audio_shape))
         return cls(model, SDVAECodec(tiny_vae(seed)), audio, device, dtype, cache_dir)
@@ -239,8 +237,6 @@ class EMOPipeline:
         return waveform, features
 
     def prepare_portrait(self, image_path: str | Path, opts: GenerationOptions):
-        from emo.conditioning.face import prepare_portrait
-
         return prepare_portrait(image_path, size=opts.size, region=opts.region, strict=opts.strict)
 
     def speed_window(self, num_frames: int, speed: float) -> torch.Tensor:
