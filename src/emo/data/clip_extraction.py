@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from emo.conditioning.face import Box, FaceAnalyzer, crop_and_resize, region_mask, rotation_speed
 from emo.data import clips as clipfmt
 from emo.data.dataset_config import PreprocessConfig
 from emo.data.scenes import Span
+from emo.media import atomic_path, iter_video_frames, writing
 
 
 def box_tuple(box) -> tuple[float, float, float, float]:
@@ -41,9 +43,6 @@ class ClipWork:
 
 def extract_clips(source: Path, works: list[ClipWork], config: PreprocessConfig, make_tracker) -> None:
     """Pass 2: crop, resize, store and face-mesh every output frame of the kept clips."""
-    from emo.conditioning.face import crop_and_resize
-    from emo.media import iter_video_frames
-
     if not works:
         return
     pending = sorted(works, key=lambda w: w.k0)
@@ -74,8 +73,6 @@ def finish_clip(
     ``audio_lead``: the index of the audio sample that plays with the first video frame (see
     emo.data.video_processing.process_video).
     """
-    from emo.conditioning.face import Box, region_mask, rotation_speed
-
     offsets = work.writer.close()
     work.tracker.close()
     num = work.writer.num_frames
@@ -148,10 +145,9 @@ def _audio_span(audio: np.ndarray, start: int, length: int) -> np.ndarray:
 
 def write_audio_features(clip_dir: Path, wave: np.ndarray, fps: float, num_frames: int, encoder) -> None:
     """wav2vec2 features of a clip's audio, (F, L, D) float16, written atomically."""
+    # torch here, not at the top: worker processes import this module and need torch only with an audio encoder.
     import torch
     from safetensors.torch import save_file
-
-    from emo.media import atomic_path, writing
 
     features = encoder.frame_features(wave, fps, num_frames=num_frames).to(torch.float16).contiguous()
     with writing(clip_dir / clipfmt.AUDIO_FEATURES), atomic_path(clip_dir / clipfmt.AUDIO_FEATURES) as temp:
@@ -166,8 +162,6 @@ class ClipTracker:
     """
 
     def __init__(self):
-        from emo.conditioning.face import FaceAnalyzer
-
         self._analyzer = FaceAnalyzer()
         self._frame: np.ndarray | None = None
         self._results = self._analyzer.analyze_video(self._frames())

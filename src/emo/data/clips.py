@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+# cv2 and soundfile are imported inside the functions that use them: `emo --help` and the `emo preprocess`
+# parser import this module, and stay quick.
+
 FRAMES = "frames.mjpeg"
 META = "meta.npz"
 AUDIO = "audio.wav"

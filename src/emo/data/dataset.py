@@ -21,8 +21,10 @@ import logging
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from emo.conditioning.windows import window_index
 from emo.data.clips import AUDIO_FEATURES, LATENTS, META, read_frames
@@ -34,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 def _to_tensor(frames: np.ndarray, size: int | None) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, S, S) float32 in [-1, 1], resized if ``size`` is given."""
-    import cv2
-
     if size is not None and frames.shape[1:3] != (size, size):
         frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (N, 3, H, W)
@@ -44,8 +44,6 @@ def _to_tensor(frames: np.ndarray, size: int | None) -> torch.Tensor:
 
 def _mask_tensor(mask: np.ndarray, size: int | None) -> torch.Tensor:
     """(S, S) uint8 {0,1} -> (1, H, W) float32 {0,1}."""
-    import cv2
-
     if size is not None and mask.shape != (size, size):
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     return torch.from_numpy((mask > 0).astype(np.float32))[None]
@@ -74,8 +72,6 @@ class _ClipDataset(torch.utils.data.Dataset):
 
     def _read_latents(self, clip: dict, indices: list[int]) -> torch.Tensor:
         """Cached latents of frames ``indices`` of a clip: (N, C, h, w) float32."""
-        from safetensors import safe_open
-
         with safe_open(str(self.root / clip["path"] / LATENTS), framework="pt") as f:
             rows = f.get_slice("latents")
             return torch.stack([rows[i : i + 1][0] for i in indices]).float()
@@ -210,8 +206,6 @@ class VideoClipDataset(_ClipDataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        from safetensors import safe_open
-
         clip = self.clips[bisect.bisect_right(self._starts, index) - 1]
         total = clip["num_frames"]
         length = self.n + self.f

@@ -51,6 +51,7 @@ def add_latents(root: str | os.PathLike, codec_spec, shard: str | None = None, d
                 batch: int = 32, progress: bool = True) -> dict:
     """Encode the frames of every clip without latents; returns the summary. Resumable (each clip's file is
     written atomically); ``shard`` 'i/N' takes every N-th clip."""
+    # Here, not at the top: training imports this module (dataset_codec) and needs none of the preprocessing.
     from emo.data.preprocess import parse_shard
 
     root = Path(root)

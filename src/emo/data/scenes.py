@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# scenedetect and cv2 are imported inside the functions that use them: `emo --help` and the `emo preprocess`
+# parser import this module, and stay quick.
+
 DETECTORS = ("adaptive", "content")
 
 

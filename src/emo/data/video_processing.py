@@ -28,8 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from emo.conditioning.face import Box, FaceAnalyzer, square_crop_box
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
 from emo.data.clip_extraction import ClipTracker, ClipWork, box_tuple, extract_clips, finish_clip
@@ -37,7 +39,7 @@ from emo.data.dataset_config import PreprocessConfig
 from emo.data.motion import CameraMotion
 from emo.data.scenes import SceneCutDetector, Span, scenes_from_cuts, split_scene
 from emo.errors import EmoError
-from emo.media import USER_WRITE_ERRNOS, WriteError, write_error
+from emo.media import USER_WRITE_ERRNOS, WriteError, iter_video_frames, load_audio, probe_video, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +61,6 @@ class _Sample:
 
 def _analyse(source: Path, info, config: PreprocessConfig, analyzer) -> tuple[list[int], int, list[_Sample]]:
     """Pass 1: scene cuts (every frame) and face/camera samples (every 1/analysis_fps s)."""
-    import cv2
-
-    from emo.media import iter_video_frames
-
     def shrink(frame: np.ndarray, width: int) -> tuple[np.ndarray, float]:
         # Bilinear, not area: 5-10x faster on 1080p and plenty for detection and frame differences.
         height, full = frame.shape[:2]
@@ -140,12 +138,11 @@ class Tools:
     """Per-process heavy objects (face detector, audio encoder), built once per worker."""
 
     def __init__(self, audio_encoder: str | None, device: str = "cpu"):
-        from emo.conditioning.face import FaceAnalyzer
-
         self.analyzer = FaceAnalyzer()
         self.make_tracker = ClipTracker
         self.encoder = None
         if audio_encoder:
+            # Here, not at the top: it loads torch, which a worker without an audio encoder does without.
             from emo.conditioning.audio_front_end import load_audio_front_end
 
             self.encoder = load_audio_front_end(audio_encoder, device=device)
@@ -156,9 +153,6 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: Too
 
     Never raises for a bad video: the record then has ``status: failed`` and the error.
     """
-    from emo.conditioning.face import Box, square_crop_box
-    from emo.media import load_audio, probe_video
-
     vid = video_id(source)
     tmp = tmp_dir(root, vid)
     shutil.rmtree(tmp, ignore_errors=True)
