@@ -12,12 +12,16 @@ generated frame's, × 100 (the scale of EMO's Table 1).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from emo.conditioning.face import FaceAnalyzer
 from emo.errors import EmoError
 from emo.eval.metrics import Entry, Metric, Video, mean
+from emo.eval.weights import load_into, read_state_dict
+from emo.media import load_image
 
 FLAG = "--arcface"
 WEIGHTS_NAME = "backbone.pth"
@@ -78,8 +82,6 @@ class IResNet(nn.Module):
 
 def load_arcface(path) -> IResNet:
     """An insightface ``backbone.pth`` (iresnet100, iresnet50, ...: the depth is read from the key names)."""
-    from emo.eval.weights import load_into, read_state_dict
-
     state = read_state_dict(path, FLAG)
     # Blocks per stage, read from the key names (layer3.29.conv1.weight -> 30 blocks in stage 3).
     depths = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
@@ -113,8 +115,6 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
     """RGB image + Face Mesh landmarks -> (size, size, 3) aligned face (ArcFace template)."""
-    import cv2
-
     matrix = similarity_transform(five_points(landmarks), ARCFACE_TEMPLATE * size / 112)
     return cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), borderValue=0.0)
 
@@ -156,8 +156,6 @@ class FSIM(Metric):
     def load(self) -> None:
         super().load()
         if self.available:
-            from emo.conditioning.face import FaceAnalyzer
-
             self.still_analyzer = FaceAnalyzer()
 
     def load_network(self, path):
@@ -178,8 +176,6 @@ class FSIM(Metric):
 
     def _fsim(self, video: Video) -> tuple[float | None, float | None]:
         """(F-SIM of the generated video, F-SIM of the ground truth), both against the same reference image."""
-        from emo.media import load_image
-
         pair, stride = video.pair, self.config.frame_stride
         if pair.image is not None:
             image = load_image(pair.image)

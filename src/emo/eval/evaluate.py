@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from emo.errors import EmoError
 from emo.eval.metrics import MetricResult, StageTimer, Video, build_metrics
+from emo.media import iter_video_frames, probe_video
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -103,8 +105,6 @@ def find_pairs(generated: str | Path, reference: str | Path) -> list[Pair]:
 
 
 def _read_frames(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], float]:
-    from emo.media import iter_video_frames, probe_video
-
     fps = probe_video(path).fps
     frames = []
     for frame in iter_video_frames(path):
@@ -118,8 +118,8 @@ def _read_frames(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], 
 
 def evaluate(pairs: list[Pair], config: EvalConfig, progress: bool = True) -> Evaluation:
     """Compute every metric whose weights are given; the rest are reported unavailable."""
+    # Here, not at the top: `emo evaluate report` imports this module (through report.py) and reads JSON only.
     import torch
-    from tqdm import tqdm
 
     from emo.conditioning.face import FaceAnalyzer
 

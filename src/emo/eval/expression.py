@@ -16,11 +16,14 @@ and brow measurements from the 478-point Face Mesh.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from emo.eval.arcface import ARCFACE_TEMPLATE, five_points, similarity_transform
 from emo.eval.metrics import Entry, FrechetMetric, Video
+from emo.eval.weights import load_into, read_state_dict
 
 FLAG = "--deep3d"
 WEIGHTS_NAME = "epoch_20.pth"
@@ -87,8 +90,6 @@ class Deep3DRecon(nn.Module):
 
 def load_deep3d(path) -> Deep3DRecon:
     """Deep3DFaceRecon ``epoch_20.pth`` (weights under ``net_recon``) -> regressor in eval mode."""
-    from emo.eval.weights import load_into, read_state_dict
-
     model = Deep3DRecon()
     load_into(model, read_state_dict(path, FLAG, nested=("net_recon",)), path, FLAG)
     return model
@@ -96,10 +97,6 @@ def load_deep3d(path) -> Deep3DRecon:
 
 def align_deep3d(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """RGB image + Face Mesh landmarks -> (224, 224, 3) face crop for the regressor."""
-    import cv2
-
-    from emo.eval.arcface import ARCFACE_TEMPLATE, five_points, similarity_transform
-
     template = (ARCFACE_TEMPLATE - 56.0) / DEEP3D_MARGIN * 2 + 112.0  # 112 -> 224, widened about the centre
     matrix = similarity_transform(five_points(landmarks), template)
     return cv2.warpAffine(np.ascontiguousarray(image), matrix, (224, 224), borderValue=0.0)

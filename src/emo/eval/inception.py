@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emo.eval.metrics import Entry, FrechetMetric, Video
+from emo.eval.weights import load_into, read_state_dict
 
 FLAG = "--inception"
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -179,8 +180,6 @@ class FIDInceptionV3(nn.Module):
 
 def load_inception(path) -> FIDInceptionV3:
     """pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` -> network in eval mode."""
-    from emo.eval.weights import load_into, read_state_dict
-
     model = FIDInceptionV3()
     load_into(model, read_state_dict(path, FLAG), path, FLAG)
     return model

@@ -16,6 +16,7 @@ from torch import nn
 
 from emo.errors import EmoError
 from emo.eval.metrics import Entry, Metric, Video, mean
+from emo.eval.weights import load_into, read_state_dict
 
 FLAG = "--lpips"
 BACKBONE_FLAG = "--lpips-backbone"
@@ -83,8 +84,6 @@ class LPIPS(nn.Module):
 
 def load_lpips(heads_path, backbone_path) -> LPIPS:
     """LPIPS v0.1 heads (``alex.pth``/``vgg.pth``) + the matching torchvision ImageNet backbone file."""
-    from emo.eval.weights import load_into, read_state_dict
-
     heads = read_state_dict(heads_path, FLAG)
     width = heads.get("lin1.model.1.weight")
     net = {192: "alex", 128: "vgg"}.get(int(width.shape[1]) if width is not None else -1)

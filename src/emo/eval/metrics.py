@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from emo.eval.frechet import feature_frechet_distance
+
 if TYPE_CHECKING:
     from emo.eval.evaluate import EvalConfig, Pair
 
@@ -173,8 +175,6 @@ class FrechetMetric(Metric):
         self.ref_features: list[np.ndarray] = []
 
     def compute(self) -> list[tuple[float | None, str]]:
-        from emo.eval.frechet import feature_frechet_distance
-
         a, b = _stack(self.gen_features), _stack(self.ref_features)
         if len(a) < 2 or len(b) < 2:
             return [(None, f"needs at least 2 feature vectors on each side, got {len(a)} and {len(b)}")]
@@ -199,6 +199,7 @@ def build_metrics(config: EvalConfig, timed: StageTimer) -> tuple[list[Metric], 
     weight-free checks run first (a frame too small for SSIM fails before any network works on it);
     that order also sets the order of the keys in each per-video row.
     """
+    # Here, not at the top: each metric module imports this one, and `emo evaluate report` needs no torch.
     from emo.eval.arcface import FSIM
     from emo.eval.expression import EFID, LandmarkExpressionFD
     from emo.eval.i3d import FVD
@@ -225,7 +226,7 @@ def resample_indices(n: int, src_fps: float, fps: float) -> list[int]:
 
 
 def _resize_to(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    import cv2
+    import cv2  # here: `emo evaluate report` imports this module (through evaluate.py) and needs no cv2
 
     if frame.shape == shape:
         return frame

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from emo.conditioning.face import rotation_speed
 from emo.eval.metrics import Entry, Metric, Video
 
 
 def video_rotation_speed(observations, fps: float) -> np.ndarray | None:
     """Per-frame head speed (°/frame at 30 fps) of one video's face observations; None if no face."""
-    from emo.conditioning.face import rotation_speed
-
     rotations = np.stack([
         o.pose.rotation if o is not None else np.full((3, 3), np.nan) for o in observations
     ])  # fmt: skip  # (N, 3, 3)

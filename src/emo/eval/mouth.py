@@ -15,6 +15,7 @@ import numpy as np
 
 from emo.errors import EmoError
 from emo.eval.metrics import Entry, Metric, Video, mean
+from emo.media import load_audio
 
 UPPER_LIP, LOWER_LIP = 13, 14  # Face Mesh inner-lip midpoints
 EYES = (468, 473)  # iris centres
@@ -91,8 +92,6 @@ class MouthAudio(Metric):
             row["mouth_audio_corr"], row["mouth_audio_lag"] = corr
 
     def _correlation(self, video: Video) -> tuple[float, int] | None:
-        from emo.media import load_audio
-
         try:
             audio = load_audio(video.pair.generated, sample_rate=16000)
         except EmoError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.ndimage import correlate1d
 
 from emo.errors import EmoError
 from emo.eval.metrics import Entry, Metric, Video, mean
@@ -37,8 +38,6 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Separable 'valid' correlation of (H, W) with the 1-D window along both axes."""
-    from scipy.ndimage import correlate1d
-
     k = len(window)
     out = correlate1d(correlate1d(image, window, axis=0, mode="constant"), window, axis=1, mode="constant")
     # correlate1d centres the window; keep the positions where it lies fully inside the image.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from emo.errors import EmoError
 from emo.eval.evaluate import Evaluation, MetricResult, mark_non_finite
+from emo.media import atomic_write_bytes
 
 # "closer": closer to the ground truth's value is better (F-SIM, EMO.md §6), which sits in `closer_to`.
 ARROWS = {"lower": "↓", "higher": "↑", "closer": "closer to GT", "": ""}
@@ -53,8 +54,6 @@ def write_report(
     evaluation: Evaluation, json_path: str | Path, markdown_path: str | Path, inputs: dict
 ) -> None:
     """Write both files; non-finite values are reported unavailable (JSON has no NaN)."""
-    from emo.media import atomic_write_bytes
-
     mark_non_finite(evaluation)
     text = json.dumps(to_json(evaluation, inputs), indent=2, allow_nan=False, default=str)
     atomic_write_bytes(json_path, (text + "\n").encode())

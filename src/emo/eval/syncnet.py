@@ -22,12 +22,17 @@ import decimal
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
+from scipy.fftpack import dct
+from scipy.signal import medfilt
 from torch import nn
 
 from emo.errors import EmoError
 from emo.eval.metrics import Entry, Metric, Video, mean, resample_indices
+from emo.eval.weights import load_into, read_state_dict
+from emo.media import load_audio
 
 FLAG = "--syncnet"
 WEIGHTS_NAME = "syncnet_v2.model"
@@ -84,8 +89,6 @@ class SyncNet(nn.Module):
 
 def load_syncnet(path) -> SyncNet:
     """``syncnet_v2.model`` (a plain state dict) -> network in eval mode."""
-    from emo.eval.weights import load_into, read_state_dict
-
     model = SyncNet()
     load_into(model, read_state_dict(path, FLAG), path, FLAG)
     return model
@@ -131,8 +134,6 @@ def mfcc(
     ceplifter: int = 22,
 ) -> np.ndarray:
     """(N,) samples -> (frames, 13) MFCC: 25 ms rectangular windows every 10 ms, log-energy as c0."""
-    from scipy.fftpack import dct
-
     signal = np.asarray(signal, dtype=np.float64)
     signal = np.append(signal[0], signal[1:] - preemph * signal[:-1])
     frame_len, frame_step = _round_half_up(0.025 * sample_rate), _round_half_up(0.01 * sample_rate)
@@ -162,9 +163,6 @@ def mfcc(
 
 def crop_faces(frames: list[np.ndarray], boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
     """syncnet_python's ``crop_video``: RGB frames + per-frame face boxes -> (T, 224, 224, 3) BGR uint8."""
-    import cv2
-    from scipy.signal import medfilt
-
     boxes = np.asarray(boxes, dtype=np.float64)  # (T, 4) x0, y0, x1, y1
     size = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2
     cy, cx = (boxes[:, 1] + boxes[:, 3]) / 2, (boxes[:, 0] + boxes[:, 2]) / 2
@@ -248,8 +246,6 @@ class SyncNetLSE(Metric):
             row.update(lse_c=score.confidence, lse_d=score.distance, av_offset=score.offset)
 
     def _score(self, video: Video) -> SyncScore | None:
-        from emo.media import load_audio
-
         stem = video.pair.stem
         try:
             audio = load_audio(video.pair.generated, sample_rate=SAMPLE_RATE)

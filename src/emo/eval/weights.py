@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from emo.errors import EmoError
 
 
@@ -20,8 +22,6 @@ def read_state_dict(path: str | os.PathLike, flag: str, nested: tuple[str, ...] 
     Deep3DFaceRecon's ``epoch_20.pth``, ``("state_dict",)``); the first present one is used. A
     ``module.`` prefix left by DataParallel is removed.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise EmoError(f"{flag} {path}: no such file; give the path of the downloaded weights")
