@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from emo.errors import WEIGHT_LOAD_ERRORS, EmoError
 from emo.media import atomic_path, num_frames_for
@@ -88,8 +89,9 @@ class AudioEncoder:
         ``do_normalize`` is read from ``preprocessor_config.json`` when the folder has one (True otherwise,
         as for wav2vec2-base-960h).
         """
+        # Here, not at the top: the wav2vec2 modeling code takes seconds to import, and log-mel models,
+        # which import this module through emo.conditioning.audio_front_end, never need it.
         from transformers import Wav2Vec2Model
-
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -290,8 +292,6 @@ class AudioEncoder:
         if cache_dir is not None:
             cache_path = Path(cache_dir) / f"{self._cache_key(waveform, fps, num_frames, dtype)}.safetensors"
             if cache_path.is_file():
-                from safetensors.torch import load_file
-
                 try:
                     cached = load_file(cache_path)["features"]
                     logger.debug("audio features from cache %s", cache_path)
@@ -301,8 +301,6 @@ class AudioEncoder:
 
         features = self._interpolated(waveform, fps, num_frames, dtype)
         if cache_path is not None:
-            from safetensors.torch import save_file
-
             with atomic_path(cache_path) as temp:
                 save_file({"features": features}, str(temp))
         return features

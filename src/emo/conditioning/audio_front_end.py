@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from emo.conditioning.audio_features import AudioEncoder
 from emo.conditioning.log_mel import KIND as LOG_MEL_KIND
 from emo.conditioning.log_mel import LogMelFrontEnd
 from emo.errors import EmoError
@@ -32,8 +33,6 @@ def load_audio_front_end(spec: str | os.PathLike, device: str = "cpu"):
     """The front-end a spec names: ``log-mel`` or a local wav2vec2 folder."""
     if is_log_mel(spec):
         return LogMelFrontEnd()
-    from emo.conditioning.audio_features import AudioEncoder
-
     return AudioEncoder.from_pretrained(spec, device=device)
 
 

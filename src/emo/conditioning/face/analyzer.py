@@ -56,7 +56,7 @@ class FaceAnalyzer:
     # ----------------------------------------------------------------------------------------------
     def _graph(self, name: str):
         if name not in self._graphs:
-            import mediapipe as mp
+            import mediapipe as mp  # here: seconds to import, and only a FaceAnalyzer at work needs it
 
             solutions = mp.solutions
             if name == "full_range":

@@ -27,6 +27,9 @@ from importlib import resources
 
 import numpy as np
 
+from emo.errors import EmoError
+from emo.media import iter_video_frames
+
 # Generic 6-point head model (Mallick 2016), see the module docstring, and its Face Mesh indices.
 SIX_POINT_MODEL = np.array(
     [[0, 0, 0], [0, -330, -65], [-225, 170, -135], [225, 170, -135], [-150, -150, -125], [150, -150, -125]],
@@ -55,7 +58,7 @@ def _apply(transform, points: np.ndarray) -> np.ndarray:
 
 def build_canonical_face(meshes: np.ndarray, iterations: int = 5) -> dict[str, np.ndarray]:
     """Canonical face from Face Mesh landmarks (M, ≥468, 3) in the model frame (x right, y up, z to viewer)."""
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # here: only `emo dev canonical-face` uses it
 
     meshes = np.asarray(meshes, dtype=np.float64)[:, :NUM_MESH_POINTS]
     aligned = np.stack([_apply(similarity(m[SIX_POINT_INDICES], SIX_POINT_MODEL), m) for m in meshes])
@@ -93,10 +96,7 @@ def load_canonical_face() -> dict[str, np.ndarray]:
 def face_meshes(videos: list[str]) -> np.ndarray:
     """Face Mesh points (N, 478, 3) of every video frame with a face, in the model frame: x right, y up,
     z toward the viewer (Face Mesh tracks the face through each video)."""
-    import mediapipe as mp
-
-    from emo.errors import EmoError
-    from emo.media import iter_video_frames
+    import mediapipe as mp  # here: only `emo dev canonical-face` uses it
 
     meshes = []
     for video in videos:

@@ -20,6 +20,7 @@ from emo.conditioning.face.geometry import (
     square_crop_box,
 )
 from emo.errors import EmoError
+from emo.media import load_image
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def prepare_portrait(
     - ``region``: ``face``, ``wide``, ``tall``, ``full`` or a :class:`Box` / ``"x0,y0,x1,y1"`` in pixels
       of the size² crop (see :func:`~emo.conditioning.face.geometry.region_mask`).
     """
-    from emo.media import load_image
-
     region = parse_region(region)
     image = load_image(path)
     height, width = image.shape[:2]
