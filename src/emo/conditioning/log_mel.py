@@ -34,7 +34,6 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
 from emo.errors import EmoError
 from emo.media import num_frames_for
@@ -133,10 +132,16 @@ class LogMelFrontEnd:
 
     @cached_property
     def _hann(self) -> np.ndarray:
+        # transformers is imported where used (here and below), not at the top: a second to import, and
+        # `emo preprocess` imports this module (through audio_front_end) also without an audio encoder.
+        from transformers.audio_utils import window_function
+
         return window_function(self.config.window, "hann")  # periodic, as torch.hann_window
 
     @cached_property
     def _mel_filters(self) -> np.ndarray:
+        from transformers.audio_utils import mel_filter_bank
+
         c = self.config
         return mel_filter_bank(
             num_frequency_bins=c.window // 2 + 1,
@@ -161,6 +166,8 @@ class LogMelFrontEnd:
         lo, hi = max(start, 0), min(stop, waveform.size)
         if hi > lo:
             segment[lo - start : hi - start] = waveform[lo:hi]
+        from transformers.audio_utils import spectrogram
+
         mel = spectrogram(
             segment,
             self._hann,

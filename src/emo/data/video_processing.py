@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from emo.conditioning.face import Box, FaceAnalyzer, square_crop_box
@@ -61,6 +60,8 @@ class _Sample:
 
 def _analyse(source: Path, info, config: PreprocessConfig, analyzer) -> tuple[list[int], int, list[_Sample]]:
     """Pass 1: scene cuts (every frame) and face/camera samples (every 1/analysis_fps s)."""
+    import cv2  # here: the preprocessing main process imports this module and needs no cv2 (~50 MiB)
+
     def shrink(frame: np.ndarray, width: int) -> tuple[np.ndarray, float]:
         # Bilinear, not area: 5-10x faster on 1080p and plenty for detection and frame differences.
         height, full = frame.shape[:2]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from emo.errors import EmoError
@@ -147,6 +146,10 @@ def crop_and_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
 
     Area interpolation when shrinking (no aliasing), cubic when enlarging. Returns (size, size, 3) uint8.
     """
+    # cv2 here, not at the top: processes that never crop import the face package (the preprocessing main
+    # process, through emo.data.video_processing), and cv2 costs ~50 MiB.
+    import cv2
+
     h, w = image.shape[:2]
     x0, y0, x1, y1 = box.to_int()
     if x1 <= x0 or y1 <= y0:
