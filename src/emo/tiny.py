@@ -13,6 +13,10 @@ import torch
 
 from emo.config import ModelConfig, tiny
 
+# diffusers, transformers and emo.models are imported inside the functions that build each stand-in (seconds
+# each): the generation pipeline imports this module also for models with no SD VAE or wav2vec2, and
+# `emo bench evaluate` imports it for save_random_weights and measures its own memory.
+
 # Audio feature shapes, (hidden states, width): the tiny one, or wav2vec2-base's (12 layers + embeddings, 768
 # wide) so the tiny model holds and moves the audio of a real model (`emo bench generate --audio-shape base`).
 AUDIO_SHAPES = {"tiny": (tiny().audio_layers, tiny().audio_feature_dim), "base": (13, 768)}

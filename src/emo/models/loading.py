@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from emo.errors import WEIGHT_LOAD_ERRORS, EmoError
@@ -55,8 +56,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise EmoError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, or a pickle that is more than weights
@@ -121,6 +120,7 @@ def read_sd_unet(path: str | Path, layers_per_block: int = 2) -> dict[str, torch
         if any(k.startswith("down_blocks.") for k in state):
             return state
         raise EmoError(f"{path} is neither an LDM checkpoint (model.diffusion_model.*) nor a diffusers UNet")
+    # Here, not at the top: a second to import, and only an LDM-format checkpoint needs it.
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     return convert_ldm_unet_checkpoint(state, {"layers_per_block": layers_per_block})
@@ -180,6 +180,8 @@ def load_motion_module(model, path: str | Path) -> LoadReport:
 # -- VAE ----------------------------------------------------------------------------------------------
 def load_vae(path: str | Path, torch_dtype: torch.dtype | None = None):
     """SD's AutoencoderKL from a diffusers folder (the pipeline root or its `vae/`)."""
+    # Here, not at the top: seconds to import, and every codec user imports this module (emo.codec.sd_vae),
+    # also those with a tiny autoencoder.
     from diffusers import AutoencoderKL
 
     path = Path(path)
