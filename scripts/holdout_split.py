@@ -18,7 +18,11 @@ import numpy as np
 
 from emo.media import VideoWriter, iter_video_frames, load_audio, probe_video
 
-LONG = ["DFRF__dataset_vids_cnn2_25fps.mp4", "DFRF__dataset_vids_french.mp4", "EDTalk__test_data_pose_source2.mp4"]
+LONG = [
+    "DFRF__dataset_vids_cnn2_25fps.mp4",
+    "DFRF__dataset_vids_french.mp4",
+    "EDTalk__test_data_pose_source2.mp4",
+]
 UNSEEN = [  # one clip each of people with no other clip in the folder
     "Talking-Face_PC-AVS__Input_00010.mp4",  # Matt Damon
     "Talking-Face_PC-AVS__Pose_Source_00473.mp4",  # Patrick Stewart
@@ -34,7 +38,9 @@ def cut(source: Path, start_s: float, end_s: float, out: Path) -> None:
     frames = iter_video_frames(source)
     first, last = round(start_s * info.fps), round(end_s * info.fps)
     wave = audio[round(first / info.fps * RATE) : round(last / info.fps * RATE)]
-    with VideoWriter(out, info.fps, info.width, info.height, audio=wave, audio_rate=RATE, overwrite=True) as writer:
+    with VideoWriter(
+        out, info.fps, info.width, info.height, audio=wave, audio_rate=RATE, overwrite=True
+    ) as writer:
         for k, frame in enumerate(frames):
             if k >= last:
                 break

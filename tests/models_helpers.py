@@ -20,10 +20,16 @@ def tiny_diffusers_unet(seed: int = 0):
     cfg = tiny()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=cfg.layers_per_block,
-        block_out_channels=cfg.block_out_channels, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
-        attention_head_dim=cfg.num_attention_heads, norm_num_groups=cfg.norm_num_groups,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=cfg.layers_per_block,
+        block_out_channels=cfg.block_out_channels,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=24,
+        attention_head_dim=cfg.num_attention_heads,
+        norm_num_groups=cfg.norm_num_groups,
     )
     # Random init leaves some layers at zero (e.g. none here) but biases small; perturb all for a real test.
     with torch.no_grad():
@@ -38,10 +44,15 @@ def tiny_motion_adapter(seed: int = 4):
 
     cfg = tiny()
     torch.manual_seed(seed)
-    adapter = MotionAdapter(block_out_channels=cfg.block_out_channels, motion_layers_per_block=cfg.layers_per_block,
-                            motion_mid_block_layers_per_block=1, motion_num_attention_heads=cfg.temporal_heads,
-                            motion_norm_num_groups=cfg.norm_num_groups, motion_max_seq_length=32,
-                            use_motion_mid_block=True)
+    adapter = MotionAdapter(
+        block_out_channels=cfg.block_out_channels,
+        motion_layers_per_block=cfg.layers_per_block,
+        motion_mid_block_layers_per_block=1,
+        motion_num_attention_heads=cfg.temporal_heads,
+        motion_norm_num_groups=cfg.norm_num_groups,
+        motion_max_seq_length=32,
+        use_motion_mid_block=True,
+    )
     with torch.no_grad():  # its output projections start at zero: wake them for a real test
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -50,8 +61,14 @@ def tiny_motion_adapter(seed: int = 4):
 
 def diffusers_to_ldm_unet(state: dict[str, torch.Tensor], layers_per_block: int) -> dict[str, torch.Tensor]:
     """Rename a diffusers UNet state dict to the original LDM single-file layout (model.diffusion_model.*)."""
-    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-              "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+    resnet = {
+        "norm1": "in_layers.0",
+        "conv1": "in_layers.2",
+        "time_emb_proj": "emb_layers.1",
+        "norm2": "out_layers.0",
+        "conv2": "out_layers.3",
+        "conv_shortcut": "skip_connection",
+    }
     n = layers_per_block
     out = {}
     for key, value in state.items():
@@ -107,5 +124,6 @@ def animatediff_layout(channels: dict[str, int] | None = None) -> dict[str, tupl
             width = channels[site]
         for key, dims in layout["module_keys"].items():
             shapes[f"{site}.{key}"] = tuple(
-                d if isinstance(d, int) else width * (int(d[:-1]) if d != "C" else 1) for d in dims)
+                d if isinstance(d, int) else width * (int(d[:-1]) if d != "C" else 1) for d in dims
+            )
     return shapes

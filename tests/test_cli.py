@@ -13,18 +13,25 @@ from emo.errors import EmoError
 
 
 def test_help_lists_every_command_without_importing_torch():
-    code = ("import sys; from emo.cli import build_parser; build_parser().format_help(); "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys; from emo.cli import build_parser; build_parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
-    listed = subprocess.run([sys.executable, "-m", "emo.cli", "--help"], capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "emo.cli", "--help"], capture_output=True, text=True
+    ).stdout
     assert all(name in listed for name in COMMANDS)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["bench", "model", "--frames", "0"], "--frames must be >= 1"),
-    (["bench", "model", "--device", "nonsense"], "is not a device"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "model", "--frames", "0"], "--frames must be >= 1"),
+        (["bench", "model", "--device", "nonsense"], "is not a device"),
+    ],
+)
 def test_bench_bad_options_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -43,13 +50,17 @@ def test_maintainer_tools_run_but_are_not_listed(capsys):
     with pytest.raises(SystemExit) as done:
         main(["dev", "canonical-face", "--help"])
     assert done.value.code == 0 and "OUT.npz" in capsys.readouterr().out
-    listed = subprocess.run([sys.executable, "-m", "emo.cli", "--help"], capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "emo.cli", "--help"], capture_output=True, text=True
+    ).stdout
     assert "dev" not in listed.split("commands:")[1]
 
 
 def test_running_a_command_builds_only_its_parser():
     # A benchmark child (`emo bench TARGET --child ...`) imports no other command's module.
-    code = ("import sys; from emo.cli import main; main(['bench', 'model', '--frames', '0']); "
-            "print(sorted(m for m in ('emo.data.cli', 'emo.eval.cli', 'emo.training.cli') if m in sys.modules))")
+    code = (
+        "import sys; from emo.cli import main; main(['bench', 'model', '--frames', '0']); "
+        "print(sorted(m for m in ('emo.data.cli', 'emo.eval.cli', 'emo.training.cli') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -50,9 +50,17 @@ def write_clip(root, vid: str, clip_id: str, num_frames: int, features: bool) ->
         values = torch.arange(num_frames, dtype=torch.float16)[:, None, None].expand(num_frames, LAYERS, DIM)
         save_file({"features": values.contiguous()}, str(directory / clipfmt.AUDIO_FEATURES))
     return {
-        "clip_id": clip_id, "video_id": vid, "source": f"{vid}.mp4", "path": f"{mf.VIDEOS}/{vid}/{clip_id}",
-        "start_s": 0.0, "end_s": num_frames / 30, "fps": 30.0, "num_frames": num_frames, "size": SIZE,
-        "has_audio": features, "stats": {},
+        "clip_id": clip_id,
+        "video_id": vid,
+        "source": f"{vid}.mp4",
+        "path": f"{mf.VIDEOS}/{vid}/{clip_id}",
+        "start_s": 0.0,
+        "end_s": num_frames / 30,
+        "fps": 30.0,
+        "num_frames": num_frames,
+        "size": SIZE,
+        "has_audio": features,
+        "stats": {},
     }
 
 
@@ -65,8 +73,15 @@ def dataset_dir(tmp_path_factory):
         records = [write_clip(root, vid, f"{vid}_{k:03d}", n, feats) for k, (n, feats) in enumerate(clips)]
         mf.write_json(
             root / mf.VIDEOS / vid / mf.VIDEO_RECORD,
-            {"video_id": vid, "source": f"{vid}.mp4", "status": "ok", "error": None,
-             "info": {"duration_s": 2.0}, "clips": records, "dropped": []},
+            {
+                "video_id": vid,
+                "source": f"{vid}.mp4",
+                "status": "ok",
+                "error": None,
+                "info": {"duration_s": 2.0},
+                "clips": records,
+                "dropped": [],
+            },
         )
     summary = mf.build_manifest(root)
     assert summary["clips_kept"] == 3 and summary["clips_with_audio_features"] == 2
@@ -89,7 +104,11 @@ def test_stage1_reference_is_another_frame_of_the_same_clip(dataset_dir):
         assert set(item["mask"].unique().tolist()) == {0.0, 1.0} and item["mask"].shape == (1, SIZE, SIZE)
         assert item["mask"][0, 16, 16] == 1 and item["mask"][0, 0, 0] == 0
     # Targets walk through every frame of every clip, in order.
-    assert targets == {"silent_000": list(range(10)), "talk_000": list(range(24)), "talk_001": list(range(20))}
+    assert targets == {
+        "silent_000": list(range(10)),
+        "talk_000": list(range(24)),
+        "talk_001": list(range(20)),
+    }
 
 
 def test_stage1_is_deterministic_per_seed_and_epoch(dataset_dir):
@@ -141,7 +160,9 @@ def test_window_at_the_clip_end_uses_real_neighbours_then_replicates(dataset_dir
 
 def test_dataloader_workers_give_the_same_batches(dataset_dir):
     def batches(workers: int):
-        data = VideoClipDataset(dataset_dir, num_motion_frames=2, num_frames=4, audio_window=1, size=16, seed=9)
+        data = VideoClipDataset(
+            dataset_dir, num_motion_frames=2, num_frames=4, audio_window=1, size=16, seed=9
+        )
         loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=workers)
         return [(b["frames"], b["audio"], b["clip_id"]) for b in loader]
 
@@ -161,8 +182,15 @@ def test_stage2_needs_audio_features(tmp_path, dataset_dir, caplog):
     record = write_clip(root, "silent", "silent_000", 20, features=False)
     mf.write_json(
         root / mf.VIDEOS / "silent" / mf.VIDEO_RECORD,
-        {"video_id": "silent", "source": "s.mp4", "status": "ok", "error": None,
-         "info": {"duration_s": 1.0}, "clips": [record], "dropped": []},
+        {
+            "video_id": "silent",
+            "source": "s.mp4",
+            "status": "ok",
+            "error": None,
+            "info": {"duration_s": 1.0},
+            "clips": [record],
+            "dropped": [],
+        },
     )
     mf.build_manifest(root)
     with caplog.at_level("INFO"), pytest.raises(EmoError, match="--add-audio-features"):

@@ -193,8 +193,10 @@ def test_vae_encodes_once_per_video_and_decodes_in_chunks(pipe, short_audio, tmp
 
     encoded, decoded = [], []
     vae = pipe.codec.vae  # hooks on the VAE's encoder / decoder networks count their batch sizes
-    hooks = [vae.encoder.register_forward_pre_hook(lambda _, args: encoded.append(args[0].shape[0])),
-             vae.decoder.register_forward_pre_hook(lambda _, args: decoded.append(args[0].shape[0]))]
+    hooks = [
+        vae.encoder.register_forward_pre_hook(lambda _, args: encoded.append(args[0].shape[0])),
+        vae.decoder.register_forward_pre_hook(lambda _, args: decoded.append(args[0].shape[0])),
+    ]
     opts = replace(FAST, decode_chunk=5)
     try:
         for name in ("a", "b"):
@@ -297,7 +299,9 @@ def test_tiny_pipeline_with_wav2vec2_base_shaped_audio(short_audio, tmp_path):
     """`emo bench generate --audio-shape base`: the tiny model reads 13 x 768 features, as wav2vec2-base gives."""
     pipe = EMOPipeline.tiny(audio_shape="base")
     _, features = pipe.prepare_audio(short_audio, FAST)
-    assert features.shape == (15, 13, 768) and features.dtype == torch.float16  # as emo preprocess stores them
+    assert (
+        features.shape == (15, 13, 768) and features.dtype == torch.float16
+    )  # as emo preprocess stores them
     assert pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", FAST, progress=False).frames == 15
 
 
@@ -425,7 +429,9 @@ def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path, emo_generate):
         f'[{{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j1.mp4"}"}},'
         f' {{"image": "{PORTRAIT}", "audio": "{short_audio}", "out": "{tmp_path / "j2.mp4"}", "seed": 3}}]'
     )
-    done = emo_generate("--weights", weights, "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
+    done = emo_generate(
+        "--weights", weights, "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "j1.mp4").is_file() and (tmp_path / "j2.mp4").is_file()
 
@@ -465,7 +471,9 @@ def test_cli_csv_batch_and_the_tiny_preset_notice(short_audio, tmp_path, emo_gen
         f"{PORTRAIT},{short_audio},{tmp_path / 'a.mp4'},3,0.2,full\n"
         f"{PORTRAIT},{short_audio},{tmp_path / 'b.mp4'},,,\n"  # empty cells: the command-line values
     )
-    done = emo_generate("--preset", "tiny", "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet")
+    done = emo_generate(
+        "--preset", "tiny", "--batch", jobs, "--steps", 1, "--size", 64, "--fps", 10, "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     assert "RANDOM tiny model" in done.stdout and "--weights" in done.stdout  # says it is a smoke run
     assert done.stdout.count("15 frames") == 2

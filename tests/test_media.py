@@ -172,7 +172,9 @@ def test_video_writer_makes_no_b_frames(tmp_path):
             writer.write(np.ascontiguousarray(texture[:, i : i + 64]))
     with av.open(str(path)) as container:
         # AVPictureType: 1 = I, 2 = P, 3 = B
-        kinds = {{1: "I", 2: "P", 3: "B"}.get(int(frame.pict_type), "?") for frame in container.decode(video=0)}
+        kinds = {
+            {1: "I", 2: "P", 3: "B"}.get(int(frame.pict_type), "?") for frame in container.decode(video=0)
+        }
     assert kinds <= {"I", "P"} and "P" in kinds
 
 
@@ -260,7 +262,9 @@ def portrait_in_mode(mode: str) -> Image.Image:
     if mode == "I;16":
         return Image.fromarray(gray.astype(np.uint16) * 257)  # a 16-bit grayscale PNG
     if mode == "I":
-        return Image.fromarray(gray.astype(np.int32) * 257)  # 16-bit data in a 32-bit image (TIFF, old Pillow)
+        return Image.fromarray(
+            gray.astype(np.int32) * 257
+        )  # 16-bit data in a 32-bit image (TIFF, old Pillow)
     if mode == "F":
         return Image.fromarray(gray.astype(np.float32) / 255)  # float 0-1 (scientific TIFF)
     if mode in ("LA", "PA"):
@@ -277,8 +281,19 @@ def portrait_in_mode(mode: str) -> Image.Image:
 
 # mode -> a format that keeps it on disk (None: no format Pillow writes keeps it, so the image is converted
 # in memory, by the function load_image uses)
-MODES = {"1": "png", "L": "png", "LA": "png", "P": "png", "PA": None, "RGBA": "png", "CMYK": "jpg",
-         "YCbCr": None, "I;16": "png", "I": "tiff", "F": "tiff"}
+MODES = {
+    "1": "png",
+    "L": "png",
+    "LA": "png",
+    "P": "png",
+    "PA": None,
+    "RGBA": "png",
+    "CMYK": "jpg",
+    "YCbCr": None,
+    "I;16": "png",
+    "I": "tiff",
+    "F": "tiff",
+}
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +354,9 @@ def test_phone_rotation_metadata_is_applied(tmp_path):
     write_video(tmp_path / "stored.mp4", frames, 10)
     data = bytearray((tmp_path / "stored.mp4").read_bytes())
     matrix = data.find(b"tkhd") + 4 + 40  # version-0 track header: the 3x3 matrix after 40 bytes
-    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)  # rotate 90
+    data[matrix : matrix + 36] = struct.pack(
+        ">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000
+    )  # rotate 90
     (tmp_path / "phone.mp4").write_bytes(bytes(data))
     info = probe_video(tmp_path / "phone.mp4")
     assert (info.width, info.height) == (32, 64)

@@ -58,7 +58,9 @@ def inputs(seed=0, frames=F):
         noisy=torch.randn(B, frames, 4, H, W, generator=g),
         reference=torch.randn(B, 4, H, W, generator=g),
         motion=torch.randn(B, N_MOTION, 4, H, W, generator=g),
-        audio=torch.randn(B, frames, 2 * CFG.audio_window + 1, CFG.audio_layers, CFG.audio_feature_dim, generator=g),
+        audio=torch.randn(
+            B, frames, 2 * CFG.audio_window + 1, CFG.audio_layers, CFG.audio_feature_dim, generator=g
+        ),
         speed=torch.rand(B, frames, 2 * CFG.audio_window + 1, generator=g) * 2,
         mask=(torch.rand(B, 1, H * 8, W * 8, generator=g) > 0.5).float(),
     )
@@ -66,8 +68,11 @@ def inputs(seed=0, frames=F):
 
 def run(model, x, *, audio=True, speed=True, mask=True, reference=True, motion=True):
     ref = model.reference_features(x["reference"], x["motion"] if motion else None) if reference else None
-    cond = Conditioning(audio=x["audio"] if audio else None, speed=x["speed"] if speed else None,
-                        face_mask=x["mask"] if mask else None)
+    cond = Conditioning(
+        audio=x["audio"] if audio else None,
+        speed=x["speed"] if speed else None,
+        face_mask=x["mask"] if mask else None,
+    )
     with torch.no_grad():
         return model(x["noisy"], torch.tensor([321]), cond, ref)
 
@@ -173,18 +178,22 @@ def test_ckpt_with_code_is_refused(tmp_path):
 def test_temporal_modules_match_the_public_mm_sd_v15_v2_layout():
     cfg = sd15()
     with torch.device("meta"):
-        backbone = EMOUNet(block_out_channels=cfg.block_out_channels, audio_dim=cfg.token_dim,
-                           speed_dim=None)
+        backbone = EMOUNet(block_out_channels=cfg.block_out_channels, audio_dim=cfg.token_dim, speed_dim=None)
     ours = {k: tuple(v.shape) for k, v in backbone.state_dict().items() if ".motion_modules." in k}
     assert ours == animatediff_layout()
-    assert sum(torch.Size(s).numel() for k, s in ours.items() if not k.endswith(".pe")) == pytest.approx(453e6, rel=0.01)
+    assert sum(torch.Size(s).numel() for k, s in ours.items() if not k.endswith(".pe")) == pytest.approx(
+        453e6, rel=0.01
+    )
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
 def test_animatediff_checkpoint_loads_into_temporal_modules(tmp_path, suffix):
     model = EMO.from_config(CFG)
-    sites = {k.split(".temporal_transformer")[0]: v.shape[0] for k, v in model.backbone.state_dict().items()
-             if k.endswith("temporal_transformer.norm.weight")}
+    sites = {
+        k.split(".temporal_transformer")[0]: v.shape[0]
+        for k, v in model.backbone.state_dict().items()
+        if k.endswith("temporal_transformer.norm.weight")
+    }
     gen = torch.Generator().manual_seed(3)
     state = {k: torch.randn(s, generator=gen) for k, s in animatediff_layout(sites).items()}
     state = {k: (v[:, :24] if k.endswith(".pe") else v) for k, v in state.items()}  # a v1-length table
@@ -218,8 +227,13 @@ def test_motion_adapter_folder_matches_diffusers_animatediff(tmp_path, sd_folder
         if "pos_embed" in key:
             continue
         site, rest = re.match(r"(.*motion_modules\.\d+)\.(.*)", key).groups()
-        rest = (rest.replace("attn1.", "attention_blocks.0.").replace("attn2.", "attention_blocks.1.")
-                .replace("norm1.", "norms.0.").replace("norm2.", "norms.1.").replace("norm3.", "ff_norm."))
+        rest = (
+            rest.replace("attn1.", "attention_blocks.0.")
+            .replace("attn2.", "attention_blocks.1.")
+            .replace("norm1.", "norms.0.")
+            .replace("norm2.", "norms.1.")
+            .replace("norm3.", "ff_norm.")
+        )
         assert torch.equal(ours[f"{site}.temporal_transformer.{rest}"], value), key
 
     # Numerically: diffusers normalises a temporal module's input jointly over all frames, AnimateDiff's
@@ -361,8 +375,12 @@ def test_trainable_components_are_named(model):
     params = model.set_trainable(["backbone.temporal", "audio_projector"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert len(params) == len(trainable)
-    temporal = {f"backbone.{n}" for n, pathway in parameter_pathways(model.backbone).items() if pathway == "temporal"}
-    assert trainable == temporal | {f"audio_projector.{n}" for n, _ in model.audio_projector.named_parameters()}
+    temporal = {
+        f"backbone.{n}" for n, pathway in parameter_pathways(model.backbone).items() if pathway == "temporal"
+    }
+    assert trainable == temporal | {
+        f"audio_projector.{n}" for n, _ in model.audio_projector.named_parameters()
+    }
     with pytest.raises(EmoError, match="backbone.tmporal"):
         model.set_trainable(["backbone.tmporal"])
 
@@ -441,6 +459,8 @@ def test_every_backbone_convolution_sees_nchw_memory(model):
     layouts = []
     for name, module in model.backbone.named_modules():
         if isinstance(module, torch.nn.Conv2d):
-            module.register_forward_pre_hook(lambda m, args, name=name: layouts.append((name, args[0].is_contiguous())))
+            module.register_forward_pre_hook(
+                lambda m, args, name=name: layouts.append((name, args[0].is_contiguous()))
+            )
     run(model, inputs())
     assert layouts and [name for name, ok in layouts if not ok] == []

@@ -237,7 +237,9 @@ def test_video_without_audio_serves_stage_1_only(dataset):
     video = VideoClipDataset(dataset, num_motion_frames=4, num_frames=12, size=64)
     assert silent_ids <= stage1
     assert not silent_ids & {c["clip_id"] for c in video.clips}
-    assert {c["clip_id"] for c in video.clips} == {c for c in clips if clips[c]["has_audio_features"]} != set()
+    assert (
+        {c["clip_id"] for c in video.clips} == {c for c in clips if clips[c]["has_audio_features"]} != set()
+    )
     item = video[0]
     assert item["frames"].shape == (16, 3, 64, 64) and item["audio"].shape[:2] == (12, 5)
     assert item["speed"].shape == (12, 5)
@@ -247,11 +249,16 @@ def test_truncated_file_is_recorded_as_failed_and_the_rest_continue(dataset):
     for name in ("d_truncated.mp4", "e_truncated_faststart.mp4"):
         record = records_by_source(dataset)[name]
         assert record["status"] == "failed" and record["clips"] == [] and name in record["error"]
-        assert not [p for p in (dataset / mf.VIDEOS / record["video_id"]).iterdir() if p.name != mf.VIDEO_RECORD]
+        assert not [
+            p for p in (dataset / mf.VIDEOS / record["video_id"]).iterdir() if p.name != mf.VIDEO_RECORD
+        ]
     assert "truncated" in records_by_source(dataset)["e_truncated_faststart.mp4"]["error"]
     summary = json.loads((dataset / mf.SUMMARY).read_text())
     assert summary["videos_failed"] == 2 and summary["videos_ok"] == 3
-    assert [Path(f["source"]).name for f in summary["failed"]] == ["d_truncated.mp4", "e_truncated_faststart.mp4"]
+    assert [Path(f["source"]).name for f in summary["failed"]] == [
+        "d_truncated.mp4",
+        "e_truncated_faststart.mp4",
+    ]
     assert summary["clips_kept"] == len(mf.read_manifest(dataset)) > 0
     assert summary["hours_kept"] > 0
 
@@ -342,7 +349,9 @@ def test_filters_drop_clips_with_their_reason(tmp_path):
     import cv2
 
     made["tiny_face"] = [
-        cv2.copyMakeBorder(cv2.resize(f, (96, 96), interpolation=cv2.INTER_AREA), 144, 144, 144, 144, cv2.BORDER_CONSTANT)
+        cv2.copyMakeBorder(
+            cv2.resize(f, (96, 96), interpolation=cv2.INTER_AREA), 144, 144, 144, 144, cv2.BORDER_CONSTANT
+        )
         for f in hdtf
     ]
     inputs = []
@@ -360,7 +369,12 @@ def test_filters_drop_clips_with_their_reason(tmp_path):
         "tiny_face": {"face_too_small"},
     }, reasons
     assert summary["clips_kept"] == 0
-    assert summary["clips_dropped"] == {"multiple_faces": 1, "no_face": 1, "camera_motion": 1, "face_too_small": 1}
+    assert summary["clips_dropped"] == {
+        "multiple_faces": 1,
+        "no_face": 1,
+        "camera_motion": 1,
+        "face_too_small": 1,
+    }
     # Every drop keeps the statistic it was judged on.
     assert records["pan.mp4"]["dropped"][0]["stats"]["camera_motion"] > CONFIG.max_camera_motion
     assert records["tiny_face.mp4"]["dropped"][0]["stats"]["face_px"] < CONFIG.min_face_px
@@ -377,8 +391,18 @@ def test_kill_9_then_rerun_gives_the_same_dataset(videos, dataset, tmp_path):
     encoder = tmp_path / "wav2vec2"
     tiny_audio_model().save_pretrained(encoder, safe_serialization=True)
     out = tmp_path / "ds"
-    command = [sys.executable, "-m", "emo.cli", "preprocess", *map(str, videos.values()), "--out", str(out),
-               "--audio-encoder", str(encoder), *ARGS]
+    command = [
+        sys.executable,
+        "-m",
+        "emo.cli",
+        "preprocess",
+        *map(str, videos.values()),
+        "--out",
+        str(out),
+        "--audio-encoder",
+        str(encoder),
+        *ARGS,
+    ]
     log_path = tmp_path / "log.txt"
     partial = f"{mf.TMP}/*/*/{clipfmt.FRAMES}"  # a clip being written
     with open(log_path, "wb") as log:
@@ -450,7 +474,10 @@ def test_shards_with_workers_merge_into_one_manifest(videos, dataset, tmp_path):
 
     out = tmp_path / "ds"
     inputs = [videos["joined"], videos["silent"], videos["truncated"]]
-    assert main(["preprocess", *map(str, inputs), "--out", str(out), "--shard", "0/2", "--workers", "2", *ARGS]) == 0
+    assert (
+        main(["preprocess", *map(str, inputs), "--out", str(out), "--shard", "0/2", "--workers", "2", *ARGS])
+        == 0
+    )
     summary = mf.build_manifest(out)
     assert summary["shards_missing"] == ["1-of-2"]
     assert main(["preprocess", *map(str, inputs), "--out", str(out), "--shard", "1/2", *ARGS]) == 0
@@ -464,12 +491,16 @@ def test_shards_with_workers_merge_into_one_manifest(videos, dataset, tmp_path):
     assert [c["clip_id"] for c in sharded] == [c["clip_id"] for c in single]
     for a, b in zip(sharded, single):
         assert {**a, "has_audio_features": None} == {**b, "has_audio_features": None}
-        assert (out / a["path"] / clipfmt.FRAMES).read_bytes() == (dataset / b["path"] / clipfmt.FRAMES).read_bytes()
+        assert (out / a["path"] / clipfmt.FRAMES).read_bytes() == (
+            dataset / b["path"] / clipfmt.FRAMES
+        ).read_bytes()
 
 
 def test_a_different_configuration_is_refused(videos, dataset):
     with pytest.raises(EmoError, match="different settings"):
-        run_preprocess([videos["silent"]], dataset, PreprocessConfig(min_clip_s=2.0, max_clip_s=3.0), progress=False)
+        run_preprocess(
+            [videos["silent"]], dataset, PreprocessConfig(min_clip_s=2.0, max_clip_s=3.0), progress=False
+        )
 
 
 def test_a_different_audio_encoder_is_refused(videos, dataset, tmp_path):
@@ -504,7 +535,9 @@ def test_audio_features_added_later(tmp_path):
     # Made without an encoder: resuming with one would leave the first clips without features.
     with pytest.raises(EmoError, match="made without --audio-encoder.*--add-audio-features"):
         run_preprocess([HDTF], out, config, audio_encoder=str(encoder), progress=False)
-    assert main(["preprocess", "--add-audio-features", "--out", str(out), "--audio-encoder", str(encoder)]) == 0
+    assert (
+        main(["preprocess", "--add-audio-features", "--out", str(out), "--audio-encoder", str(encoder)]) == 0
+    )
     summary = json.loads((out / mf.SUMMARY).read_text())
     assert summary["clips_with_audio_features"] == summary["clips_kept"] > 0
     assert len(VideoClipDataset(out)) > 0

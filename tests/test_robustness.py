@@ -27,6 +27,7 @@ PORTRAIT = ROOT / "examples" / "portrait.jpg"
 SPEECH = ROOT / "examples" / "speech.wav"
 FAST = ["--preset", "tiny", "--steps", "1", "--size", "64", "--fps", "10", "--quiet", "--no-cache"]
 
+
 def signal_at(monkeypatch, owner, name: str, signum: int, before: bool = False, when=None) -> None:
     """Make ``owner.name(...)`` send ``signum`` to this process once it has returned (or, ``before``, as it
     is called): a chosen moment of the work. ``when(*args)`` picks the call (default: the first one)."""
@@ -51,7 +52,9 @@ def files_under(folder: Path) -> list[str]:
 
 def assert_stopped(code: int, err: str, signum: int) -> None:
     name = signal.Signals(signum).name
-    expected = (130, "emo: interrupted") if signum == signal.SIGINT else (128 + signum, f"emo: terminated ({name})")
+    expected = (
+        (130, "emo: interrupted") if signum == signal.SIGINT else (128 + signum, f"emo: terminated ({name})")
+    )
     lines = err.strip().splitlines()
     assert (code, lines[-1] if lines else "") == expected, err[-2000:]
     assert "Traceback" not in err
@@ -79,8 +82,18 @@ def test_generate_stopped_by_sigterm_leaves_no_file(short_audio, tmp_path, monke
     # x264 holds frames back for its lookahead, so a short video's file is written at the very end: stop there.
     signal_at(monkeypatch, os, "replace", signum, before=True, when=renaming_the_video)
     out_dir = tmp_path / "out"
-    code = main(["generate", *FAST, "--image", str(PORTRAIT), "--audio", str(short_audio),
-                 "--out", str(out_dir / "video.mp4")])
+    code = main(
+        [
+            "generate",
+            *FAST,
+            "--image",
+            str(PORTRAIT),
+            "--audio",
+            str(short_audio),
+            "--out",
+            str(out_dir / "video.mp4"),
+        ]
+    )
     assert_stopped(code, capsys.readouterr().err, signum)
     assert temporary and files_under(out_dir) == []
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main() put the handlers back
@@ -94,8 +107,18 @@ def test_evaluate_stopped_while_writing_the_report_leaves_no_file(signum, tmp_pa
     for folder in ("generated", "reference"):
         write_video(tmp_path / folder / "a.mp4", frames, 25)
     signal_at(monkeypatch, os, "fsync", signum)  # the report's bytes are in its temporary file
-    code = main(["evaluate", "--generated", str(tmp_path / "generated"), "--reference", str(tmp_path / "reference"),
-                 "--out", str(tmp_path / "report" / "r.json"), "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--generated",
+            str(tmp_path / "generated"),
+            "--reference",
+            str(tmp_path / "reference"),
+            "--out",
+            str(tmp_path / "report" / "r.json"),
+            "--no-progress",
+        ]
+    )
     assert_stopped(code, capsys.readouterr().err, signum)
     assert files_under(tmp_path / "report") == []
 
@@ -108,8 +131,17 @@ def test_train_export_stopped_leaves_no_folder(tmp_path, monkeypatch, capsys):
 
     weights = save_tiny_weights(tmp_path / "weights")
     signal_at(monkeypatch, shutil, "copytree", signal.SIGTERM)  # the temporary folder has network + VAE
-    code = main(["train", "export", str(weights), "--out", str(tmp_path / "export" / "w"),
-                 "--vae", str(weights / "vae")])
+    code = main(
+        [
+            "train",
+            "export",
+            str(weights),
+            "--out",
+            str(tmp_path / "export" / "w"),
+            "--vae",
+            str(weights / "vae"),
+        ]
+    )
     assert_stopped(code, capsys.readouterr().err, signal.SIGTERM)
     assert files_under(tmp_path / "export") == []
 
@@ -132,8 +164,18 @@ def test_preprocess_stopped_removes_its_work_and_its_workers(tmp_path, capsys):
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=signal_when_a_worker_writes_clips, daemon=True).start()
-    code = main(["preprocess", str(DATA / "hdtf_speech_256_4s.mp4"), "--out", str(out), "--size", "64",
-                 "--min-clip", "1"])
+    code = main(
+        [
+            "preprocess",
+            str(DATA / "hdtf_speech_256_4s.mp4"),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--min-clip",
+            "1",
+        ]
+    )
     assert_stopped(code, capsys.readouterr().err, signal.SIGTERM)
     assert workers and not any(w.is_alive() for w in workers)
     leftovers = [p for p in files_under(out) if p.startswith(("tmp/", "videos/")) or ".tmp-" in p]
@@ -146,8 +188,12 @@ def small_disk(tmp_path):
     """A 1 MiB tmpfs (root and a kernel that allows mounting it), else the test is skipped."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (not root?); test_write_errors_* inject the errors instead")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
@@ -177,17 +223,35 @@ def test_evaluate_on_a_full_disk_is_a_one_line_error_and_no_file(small_disk, tmp
         write_video(tmp_path / folder / "a.mp4", frames, 25)
     fill(small_disk, leave=0)
     out = small_disk / "r.json"
-    code = main(["evaluate", "--generated", str(tmp_path / "generated"), "--reference", str(tmp_path / "reference"),
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--generated",
+            str(tmp_path / "generated"),
+            "--reference",
+            str(tmp_path / "reference"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
-    assert (code, err.strip().splitlines()[-1]) == (2, f"emo: error: no space left on device writing {out}"), err
+    assert (code, err.strip().splitlines()[-1]) == (
+        2,
+        f"emo: error: no space left on device writing {out}",
+    ), err
     assert files_under(small_disk) == ["filler"]
 
 
-@pytest.mark.parametrize("code, message", [(errno.ENOSPC, "no space left on device"),
-                                           (errno.EDQUOT, "disk quota exceeded"),
-                                           (errno.EROFS, "read-only file system"),
-                                           (errno.EACCES, "permission denied")])
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EDQUOT, "disk quota exceeded"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
 def test_write_errors_name_the_file_and_leave_nothing(code, message, tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError(code, os.strerror(code))
@@ -235,8 +299,13 @@ def test_cli_turns_any_full_disk_into_a_one_line_error(monkeypatch, capsys):
 
     monkeypatch.setattr(export, "export", full)
     assert main(["train", "export", "run", "--out", "w"]) == 2
-    assert capsys.readouterr().err == "emo: error: no space left on device writing /data/runs/w/model.safetensors\n"
-    monkeypatch.setattr(export, "export", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    assert (
+        capsys.readouterr().err
+        == "emo: error: no space left on device writing /data/runs/w/model.safetensors\n"
+    )
+    monkeypatch.setattr(
+        export, "export", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
+    )
     assert main(["train", "export", "run", "--out", "w"]) == 1  # not the user's to fix: an internal error
     assert "emo: internal error: OSError" in capsys.readouterr().err
 
@@ -285,6 +354,12 @@ def test_a_full_disk_while_preprocessing_stops_the_run_instead_of_failing_the_vi
 
     out = tmp_path / "ds"
     with pytest.raises(WriteError, match="no space left on device writing"):
-        run_preprocess([DATA / "hdtf_speech_256_4s.mp4"], out, PreprocessConfig(size=64, min_clip_s=1.0),
-                       workers=1, process_fn=process_on_a_full_disk, progress=False)
+        run_preprocess(
+            [DATA / "hdtf_speech_256_4s.mp4"],
+            out,
+            PreprocessConfig(size=64, min_clip_s=1.0),
+            workers=1,
+            process_fn=process_on_a_full_disk,
+            progress=False,
+        )
     assert not list((out / "videos").glob("*/video.json")) and not list((out / "tmp").glob("*"))

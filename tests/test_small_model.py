@@ -40,19 +40,50 @@ def dataset(tmp_path_factory) -> Path:
     from emo.cli import main
 
     root = tmp_path_factory.mktemp("small") / "data"
-    assert main(["preprocess", str(DATA / "hdtf_speech_256_4s.mp4"), "--out", str(root), "--size", "128",
-                 "--fps", "10", "--min-clip", "1", "--audio-encoder", LOG_MEL, "--codec", TAEF2]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                str(DATA / "hdtf_speech_256_4s.mp4"),
+                "--out",
+                str(root),
+                "--size",
+                "128",
+                "--fps",
+                "10",
+                "--min-clip",
+                "1",
+                "--audio-encoder",
+                LOG_MEL,
+                "--codec",
+                TAEF2,
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def small_config(dataset: Path, stage: int, out: Path, init: dict, **data) -> object:
-    return config_from_dict({
-        "stage": stage, "model": "small", "codec": TAEF2, "init": init,
-        "data": {"dataset": str(dataset), "size": 128, "num_motion_frames": 1, "num_frames": 2, "num_workers": 0,
-                 "latents": True, **data},
-        "train": {"batch_size": 1, "max_steps": 2, "lr": 1e-4, "weight_decay": 0.0},
-        "run": {"output_dir": str(out), "checkpoint_every": 100, "validate_every": 0},
-    })
+    return config_from_dict(
+        {
+            "stage": stage,
+            "model": "small",
+            "codec": TAEF2,
+            "init": init,
+            "data": {
+                "dataset": str(dataset),
+                "size": 128,
+                "num_motion_frames": 1,
+                "num_frames": 2,
+                "num_workers": 0,
+                "latents": True,
+                **data,
+            },
+            "train": {"batch_size": 1, "max_steps": 2, "lr": 1e-4, "weight_decay": 0.0},
+            "run": {"output_dir": str(out), "checkpoint_every": 100, "validate_every": 0},
+        }
+    )
 
 
 def test_preprocess_caches_log_mel_features_and_codec_latents(dataset):
@@ -118,8 +149,9 @@ def test_exported_model_carries_its_codec_and_audio_front_end(dataset, tmp_path)
     assert next(EMOPipeline.from_weights(out).model.parameters()).dtype == torch.float32  # computes as asked
     video = tmp_path / "out.mp4"
     opts = GenerationOptions(steps=2, size=128, fps=10, clip_frames=2, motion_frames=1)
-    result = pipe.generate(DATA / "portrait_child_photo.jpg", DATA / "speech_en_24k_3s.wav", video, opts,
-                           progress=False)
+    result = pipe.generate(
+        DATA / "portrait_child_photo.jpg", DATA / "speech_en_24k_3s.wav", video, opts, progress=False
+    )
     info = probe_video(video)
     assert (info.width, info.height) == (128, 128) and result.frames == info.num_frames == 30
     # A wav2vec2 folder for a model trained on log-mel features is a one-line error, not a silent mismatch.

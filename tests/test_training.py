@@ -51,22 +51,44 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     tiny_motion_adapter().save_pretrained(root / "motion_adapter")
     tiny_audio_model().save_pretrained(root / "wav2vec2", safe_serialization=True)
     # 4 s of a real talking head -> one 120-frame clip at 30 fps, 64², with wav2vec2 features.
-    summary = run_preprocess([DATA / "hdtf_speech_256_4s.mp4"], root / "dataset",
-                             PreprocessConfig(size=64, min_clip_s=1.0, max_clip_s=4.0),
-                             audio_encoder=str(root / "wav2vec2"), progress=False)
+    summary = run_preprocess(
+        [DATA / "hdtf_speech_256_4s.mp4"],
+        root / "dataset",
+        PreprocessConfig(size=64, min_clip_s=1.0, max_clip_s=4.0),
+        audio_encoder=str(root / "wav2vec2"),
+        progress=False,
+    )
     assert summary["clips_with_audio_features"] == 1
-    return {"root": root, "sd15": root / "sd15", "vae": root / "vae", "adapter": root / "motion_adapter",
-            "dataset": root / "dataset", "wav2vec2": root / "wav2vec2"}
+    return {
+        "root": root,
+        "sd15": root / "sd15",
+        "vae": root / "vae",
+        "adapter": root / "motion_adapter",
+        "dataset": root / "dataset",
+        "wav2vec2": root / "wav2vec2",
+    }
 
 
-def stage_config(assets, stage: int, out: Path, init: dict, train: dict | None = None, run: dict | None = None):
+def stage_config(
+    assets, stage: int, out: Path, init: dict, train: dict | None = None, run: dict | None = None
+):
     """A tiny stage config, as a user would write it (plain dict -> validated StageConfig)."""
-    return config_from_dict({
-        "stage": stage, "model": "tiny", "codec": str(assets["vae"]), "init": init,
-        "data": {"dataset": str(assets["dataset"]), "num_motion_frames": 2, "num_frames": 4, "num_workers": 0},
-        "train": {"batch_size": 2, "max_steps": 3, "lr": 1e-4, "weight_decay": 0.0, **(train or {})},
-        "run": {"output_dir": str(out), "checkpoint_every": 100, "validate_every": 0, **(run or {})},
-    })
+    return config_from_dict(
+        {
+            "stage": stage,
+            "model": "tiny",
+            "codec": str(assets["vae"]),
+            "init": init,
+            "data": {
+                "dataset": str(assets["dataset"]),
+                "num_motion_frames": 2,
+                "num_frames": 4,
+                "num_workers": 0,
+            },
+            "train": {"batch_size": 2, "max_steps": 3, "lr": 1e-4, "weight_decay": 0.0, **(train or {})},
+            "run": {"output_dir": str(out), "checkpoint_every": 100, "validate_every": 0, **(run or {})},
+        }
+    )
 
 
 def named_groups(model: EMO, components: list[str]) -> set[str]:
@@ -78,13 +100,20 @@ def named_groups(model: EMO, components: list[str]) -> set[str]:
 def runs(assets, tmp_path_factory) -> dict[int, Path]:
     """Stage 1 from SD1.5, stage 2 from stage 1 + AnimateDiff, stage 3 from stage 2: 3 steps each."""
     root = tmp_path_factory.mktemp("runs")
-    inits = {1: {"sd15": str(assets["sd15"])},
-             2: {"checkpoint": str(root / "stage1"), "motion_module": str(assets["adapter"])},
-             3: {"checkpoint": str(root / "stage2")}}
+    inits = {
+        1: {"sd15": str(assets["sd15"])},
+        2: {"checkpoint": str(root / "stage1"), "motion_module": str(assets["adapter"])},
+        3: {"checkpoint": str(root / "stage2")},
+    }
     out = {}
     for stage in (1, 2, 3):
-        cfg = stage_config(assets, stage, root / f"stage{stage}", inits[stage],
-                           run={"validate_every": 3, "validation_steps": 2})
+        cfg = stage_config(
+            assets,
+            stage,
+            root / f"stage{stage}",
+            inits[stage],
+            run={"validate_every": 3, "validation_steps": 2},
+        )
         result = Trainer(cfg).fit()
         assert result.step == 3 and all(math.isfinite(v) for v in result.losses.values())
         out[stage] = root / f"stage{stage}"
@@ -105,15 +134,21 @@ def test_shipped_configs_load_with_the_paper_settings():
         assert load_config(CONFIGS / f"stage{s}_tiny.yaml").model == "tiny"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lrr=1", "unknown config key.*train.lrr"),
-    ("train.lr=-1", "train.lr must be > 0"),
-    ("train.batch_size=two", "train.batch_size must be an integer"),
-    ("train.components=[backbone.spatial,backbone.nope]", "train.components unknown component.*backbone.nope"),
-    ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
-    ("train.drop_audio=1.5", "train.drop_audio must be a probability"),
-    ("init.checkpoint=null", "init.checkpoint"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", "unknown config key.*train.lrr"),
+        ("train.lr=-1", "train.lr must be > 0"),
+        ("train.batch_size=two", "train.batch_size must be an integer"),
+        (
+            "train.components=[backbone.spatial,backbone.nope]",
+            "train.components unknown component.*backbone.nope",
+        ),
+        ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
+        ("train.drop_audio=1.5", "train.drop_audio must be a probability"),
+        ("init.checkpoint=null", "init.checkpoint"),
+    ],
+)
 def test_bad_config_values_name_the_field(override, message):
     with pytest.raises(EmoError, match=message):
         load_config(CONFIGS / "stage2_tiny.yaml", [override])
@@ -124,8 +159,11 @@ def test_condition_dropout_frequencies():
 
     u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
     ref, audio = dropout_events(u, 0.05, 0.05, 0.05)
-    rates = {"reference only": (ref & ~audio).float().mean().item(), "audio only": (audio & ~ref).float().mean().item(),
-             "both": (ref & audio).float().mean().item()}
+    rates = {
+        "reference only": (ref & ~audio).float().mean().item(),
+        "audio only": (audio & ~ref).float().mean().item(),
+        "both": (ref & audio).float().mean().item(),
+    }
     assert all(abs(r - 0.05) < 0.003 for r in rates.values()), rates
     ref, audio = dropout_events(u, 0.0, 0.0, 0.0)
     assert not ref.any() and not audio.any()
@@ -185,10 +223,21 @@ def test_each_stage_trains_exactly_its_components(runs):
     trainer finds them and leaves them frozen."""
     last = "reference_net.up_blocks.1.attentions.1."
     never_used = {last + k for k in ("proj_out.weight", "proj_out.bias")} | {
-        f"{last}transformer_blocks.0.{k}" for k in (
-            "attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight", "attn1.to_out.0.weight",
-            "attn1.to_out.0.bias", "norm3.weight", "norm3.bias", "ff.net.0.proj.weight", "ff.net.0.proj.bias",
-            "ff.net.2.weight", "ff.net.2.bias")}
+        f"{last}transformer_blocks.0.{k}"
+        for k in (
+            "attn1.to_q.weight",
+            "attn1.to_k.weight",
+            "attn1.to_v.weight",
+            "attn1.to_out.0.weight",
+            "attn1.to_out.0.bias",
+            "norm3.weight",
+            "norm3.bias",
+            "ff.net.0.proj.weight",
+            "ff.net.0.proj.bias",
+            "ff.net.2.weight",
+            "ff.net.2.bias",
+        )
+    }
     for stage, run_dir in runs.items():
         before = EMO.from_pretrained(run_dir / layout.BASE)
         after = load_trained_model(run_dir)
@@ -219,7 +268,9 @@ def test_stages_start_from_the_weights_they_name(assets, runs):
     for run_dir in runs.values():
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
-        assert all(r["lr"] > 0 and r["grad_norm"] > 0 and r["samples_per_s"] > 0 for r in records if "loss" in r)
+        assert all(
+            r["lr"] > 0 and r["grad_norm"] > 0 and r["samples_per_s"] > 0 for r in records if "loss" in r
+        )
         assert (run_dir / "samples" / "step_00000003.mp4").stat().st_size > 0
         # TensorBoard: the training scalars at step 1 (then every run.log_every), validation at 0 and 3.
         events = EventAccumulator(str(run_dir / "logs"))
@@ -237,8 +288,13 @@ def test_stages_start_from_the_weights_they_name(assets, runs):
 
 def test_unknown_component_is_an_error(assets, tmp_path):
     with pytest.raises(EmoError, match="unknown component.*backbone.motion"):
-        stage_config(assets, 1, tmp_path / "x", {"sd15": str(assets["sd15"])},
-                     train={"components": ["backbone.spatial", "backbone.motion"]})
+        stage_config(
+            assets,
+            1,
+            tmp_path / "x",
+            {"sd15": str(assets["sd15"])},
+            train={"components": ["backbone.spatial", "backbone.motion"]},
+        )
 
 
 # -- runs ---------------------------------------------------------------------------------------------
@@ -250,11 +306,27 @@ def test_resume_repeats_the_uninterrupted_run(assets, runs, tmp_path):
     from emo.training.stages import build_dataset
 
     def config(out):
-        return stage_config(assets, 2, out, {"checkpoint": str(runs[1])},
-                            train={"batch_size": 1, "gradient_accumulation": 2, "max_steps": 6, "warmup_steps": 2,
-                                   "lr_schedule": "cosine", "noise_offset": 0.1, "snr_gamma": 5.0, "ema_decay": 0.9,
-                                   "drop_reference": 0.2, "drop_audio": 0.2, "drop_both": 0.2, "drop_motion": 0.3},
-                            run={"checkpoint_every": 2, "keep_checkpoints": 2})
+        return stage_config(
+            assets,
+            2,
+            out,
+            {"checkpoint": str(runs[1])},
+            train={
+                "batch_size": 1,
+                "gradient_accumulation": 2,
+                "max_steps": 6,
+                "warmup_steps": 2,
+                "lr_schedule": "cosine",
+                "noise_offset": 0.1,
+                "snr_gamma": 5.0,
+                "ema_decay": 0.9,
+                "drop_reference": 0.2,
+                "drop_audio": 0.2,
+                "drop_both": 0.2,
+                "drop_motion": 0.3,
+            },
+            run={"checkpoint_every": 2, "keep_checkpoints": 2},
+        )
 
     def data():
         return Head(build_dataset(config(tmp_path / "a")), 5)
@@ -280,8 +352,11 @@ def test_resume_repeats_the_uninterrupted_run(assets, runs, tmp_path):
 
 def test_gradient_checkpointing_and_bf16_keep_the_training(assets, runs, tmp_path):
     """Gradient checkpointing recomputes activations: same losses and weights. bf16 autocast: close losses."""
+
     def run(name: str, **train) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
-        cfg = stage_config(assets, 2, tmp_path / name, {"checkpoint": str(runs[1])}, train={"batch_size": 1, **train})
+        cfg = stage_config(
+            assets, 2, tmp_path / name, {"checkpoint": str(runs[1])}, train={"batch_size": 1, **train}
+        )
         result = Trainer(cfg).fit()
         return result.losses, load_file(str(result.last_checkpoint / layout.TRAINABLE))
 
@@ -305,8 +380,9 @@ def test_fp16_on_the_cpu_is_refused(assets, tmp_path):
     the trainer refuses it rather than run an untested half-fp16 path; bf16 is the CPU's mixed precision."""
     from accelerate.state import AcceleratorState
 
-    cfg = stage_config(assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])},
-                       train={"mixed_precision": "fp16"})
+    cfg = stage_config(
+        assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])}, train={"mixed_precision": "fp16"}
+    )
     AcceleratorState._reset_state()  # one precision per process: start afresh, and leave none behind
     try:
         with pytest.raises(EmoError, match="fp16 needs a GPU"):
@@ -330,8 +406,9 @@ def test_resume_refuses_a_checkpoint_missing_a_ranks_rng_state(assets, runs, tmp
 def test_export_uses_the_ema_unless_no_ema(assets, tmp_path):
     from emo.cli import main
 
-    cfg = stage_config(assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])},
-                       train={"max_steps": 2, "ema_decay": 0.5})
+    cfg = stage_config(
+        assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])}, train={"max_steps": 2, "ema_decay": 0.5}
+    )
     checkpoint = Trainer(cfg).fit().last_checkpoint
     ema, raw = load_file(str(checkpoint / layout.EMA)), load_file(str(checkpoint / layout.TRAINABLE))
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in raw)
@@ -380,10 +457,18 @@ class PoisonAfter(torch.utils.data.Dataset):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path):
     from emo.training.stages import build_dataset
 
-    cfg = stage_config(assets, 1, tmp_path / "run", {"sd15": str(assets["sd15"])},
-                       train={"max_steps": 10}, run={"checkpoint_every": 2})
+    cfg = stage_config(
+        assets,
+        1,
+        tmp_path / "run",
+        {"sd15": str(assets["sd15"])},
+        train={"max_steps": 10},
+        run={"checkpoint_every": 2},
+    )
     data = PoisonAfter(build_dataset(cfg), after=2 * 5)  # steps 1-5 are clean (batch 2), step 6 is not
-    with pytest.raises(EmoError, match=r"non-finite loss \(nan\) at step 6.*last good checkpoint is .*step_00000004"):
+    with pytest.raises(
+        EmoError, match=r"non-finite loss \(nan\) at step 6.*last good checkpoint is .*step_00000004"
+    ):
         Trainer(cfg, dataset=data).fit()
     (last,) = layout.list_checkpoints(tmp_path / "run")[-1:]
     assert last.name == "step_00000004"
@@ -400,8 +485,10 @@ def test_export_writes_what_generate_reads(assets, runs, tmp_path):
     from emo.generation.pipeline import EMOPipeline
 
     out = tmp_path / "weights"
-    assert main(["train", "export", str(runs[3]), "--out", str(out),
-                 "--audio-encoder", str(assets["wav2vec2"])]) == 0
+    assert (
+        main(["train", "export", str(runs[3]), "--out", str(out), "--audio-encoder", str(assets["wav2vec2"])])
+        == 0
+    )
     exported = EMO.from_pretrained(out)
     trained = load_trained_model(runs[3])
     t = dict(trained.named_parameters())
@@ -416,9 +503,18 @@ def test_cli_trains_and_resumes(assets, runs, tmp_path, capsys):
 
     config = tmp_path / "stage3.yaml"
     config.write_text((CONFIGS / "stage3_tiny.yaml").read_text())
-    args = [f"codec={assets['vae']}", f"init.checkpoint={runs[2]}", f"data.dataset={assets['dataset']}",
-            f"run.output_dir={tmp_path / 'run'}", "data.size=64", "data.num_motion_frames=2", "data.num_frames=4",
-            "data.num_workers=0", "run.validate_every=0", "train.batch_size=1"]
+    args = [
+        f"codec={assets['vae']}",
+        f"init.checkpoint={runs[2]}",
+        f"data.dataset={assets['dataset']}",
+        f"run.output_dir={tmp_path / 'run'}",
+        "data.size=64",
+        "data.num_motion_frames=2",
+        "data.num_frames=4",
+        "data.num_workers=0",
+        "run.validate_every=0",
+        "train.batch_size=1",
+    ]
     assert main(["train", str(config), *args, "--max-steps", "1"]) == 0
     assert main(["train", str(config), *args, "--max-steps", "2", "--resume", "auto"]) == 0
     assert "step 2" in capsys.readouterr().out
@@ -482,10 +578,26 @@ def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
     def train(out: Path, *extra: str, program: tuple[str, ...] = ("-m", "emo.cli"), check: bool = True):
-        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                *program, "train", str(config), f"codec={assets['vae']}", f"init.sd15={assets['sd15']}",
-                f"data.dataset={assets['dataset']}", f"run.output_dir={out}", "run.validate_every=0",
-                "run.checkpoint_every=2", "train.batch_size=1", "train.warmup_steps=0", *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *program,
+            "train",
+            str(config),
+            f"codec={assets['vae']}",
+            f"init.sd15={assets['sd15']}",
+            f"data.dataset={assets['dataset']}",
+            f"run.output_dir={out}",
+            "run.validate_every=0",
+            "run.checkpoint_every=2",
+            "train.batch_size=1",
+            "train.warmup_steps=0",
+            *extra,
+        ]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 or not check, done.stderr[-3000:]
         return done
@@ -517,7 +629,12 @@ def test_two_processes_train_and_resume_like_one_run(assets, runs, tmp_path):
     done = train(tmp_path / "c", "--max-steps", "4", program=(str(sigterm),), check=False)
     assert done.returncode != 0 and "emo: terminated (SIGTERM)" in done.stderr, done.stderr[-3000:]
     assert [p.name for p in layout.list_checkpoints(tmp_path / "c")] == ["step_00000001"]
-    assert json.loads((tmp_path / "c" / "checkpoints" / "step_00000001" / layout.STATE).read_text())["world_size"] == 2
+    assert (
+        json.loads((tmp_path / "c" / "checkpoints" / "step_00000001" / layout.STATE).read_text())[
+            "world_size"
+        ]
+        == 2
+    )
     train(tmp_path / "c", "--max-steps", "4", "--resume", "auto")
     c = losses(tmp_path / "c")
     assert sorted(c) == [1, 2, 3, 4] and max(abs(a[k] - c[k]) for k in a) <= 1e-6
@@ -532,10 +649,22 @@ def test_overfitting_one_clip_lowers_the_loss(assets, runs, tmp_path):
     loss, logged at step 0 and every 25 steps) falls clearly."""
     from emo.training.stages import build_dataset
 
-    cfg = stage_config(assets, 2, tmp_path / "run", {"checkpoint": str(runs[1])},
-                       train={"batch_size": 1, "max_steps": 100, "lr": 1e-3, "drop_reference": 0.0,
-                              "drop_audio": 0.0, "drop_both": 0.0, "drop_motion": 0.0},
-                       run={"validate_every": 25, "validation_steps": 1})
+    cfg = stage_config(
+        assets,
+        2,
+        tmp_path / "run",
+        {"checkpoint": str(runs[1])},
+        train={
+            "batch_size": 1,
+            "max_steps": 100,
+            "lr": 1e-3,
+            "drop_reference": 0.0,
+            "drop_audio": 0.0,
+            "drop_both": 0.0,
+            "drop_motion": 0.0,
+        },
+        run={"validate_every": 25, "validation_steps": 1},
+    )
     one_clip = Head(build_dataset(cfg), 1)
     Trainer(cfg, dataset=one_clip).fit()
     curve = {}
@@ -576,10 +705,22 @@ def test_sigterm_checkpoints_the_step_in_flight_and_resume_repeats_the_run(asset
     from emo.training.stages import build_dataset
 
     def config(out):
-        return stage_config(assets, 2, out, {"checkpoint": str(runs[1])},
-                            train={"batch_size": 1, "gradient_accumulation": 2, "max_steps": 6, "warmup_steps": 2,
-                                   "lr_schedule": "cosine", "ema_decay": 0.9, "drop_audio": 0.2},
-                            run={"checkpoint_every": 100})
+        return stage_config(
+            assets,
+            2,
+            out,
+            {"checkpoint": str(runs[1])},
+            train={
+                "batch_size": 1,
+                "gradient_accumulation": 2,
+                "max_steps": 6,
+                "warmup_steps": 2,
+                "lr_schedule": "cosine",
+                "ema_decay": 0.9,
+                "drop_audio": 0.2,
+            },
+            run={"checkpoint_every": 100},
+        )
 
     data = build_dataset(config(tmp_path / "a"))
     straight = Trainer(config(tmp_path / "a"), dataset=Head(data, 5)).fit()

@@ -53,7 +53,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     if only:
-        add_subcommands(subparsers, {only: {**COMMANDS, **HIDDEN_COMMANDS}[only]}, hidden=only in HIDDEN_COMMANDS)
+        add_subcommands(
+            subparsers, {only: {**COMMANDS, **HIDDEN_COMMANDS}[only]}, hidden=only in HIDDEN_COMMANDS
+        )
     else:
         add_subcommands(subparsers, COMMANDS)
         add_subcommands(subparsers, HIDDEN_COMMANDS, hidden=True)
@@ -108,7 +110,10 @@ def _internal_error(exc: Exception) -> int:
     """An internal bug: one line by default, the traceback on request."""
     if os.environ.get("EMO_DEBUG"):
         raise exc
-    print(f"emo: internal error: {type(exc).__name__}: {exc} (set EMO_DEBUG=1 for the traceback)", file=sys.stderr)
+    print(
+        f"emo: internal error: {type(exc).__name__}: {exc} (set EMO_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -14,7 +14,9 @@ HELP = "maintainer tools (rebuild emo/assets/canonical_face.npz)"
 
 def add_arguments(parser) -> None:
     tools = parser.add_subparsers(title="tools", metavar="TOOL", required=True)
-    canonical = tools.add_parser("canonical-face", help="rebuild the canonical 3D face from talking-head videos")
+    canonical = tools.add_parser(
+        "canonical-face", help="rebuild the canonical 3D face from talking-head videos"
+    )
     canonical.add_argument("out", metavar="OUT.npz", help="where to write it (emo/assets/canonical_face.npz)")
     canonical.add_argument("videos", nargs="+", metavar="VIDEO", help="talking-head videos, one face each")
     canonical.set_defaults(_run=canonical_face)

@@ -23,11 +23,15 @@ def resolve_device(name: str):
             raise EmoError(f"--device {name} but no CUDA GPU is available; use --device cpu")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise EmoError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+            raise EmoError(
+                f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
         return device
     try:  # mps, xpu, ...: fail here, before the model loads, rather than in the first .to()
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:
-        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]  # torch's first sentence
+        reason = (
+            (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
+        )  # torch's first sentence
         raise EmoError(f"--device {name} is not usable here ({reason}); use --device cpu or cuda") from None
     return device

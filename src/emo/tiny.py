@@ -117,8 +117,9 @@ def random_state_dict(model: torch.nn.Module, scale: float = 0.05, seed: int = 0
     return state
 
 
-def save_random_weights(model: torch.nn.Module, path: str | Path, wrap: str | None = None,
-                        scale: float = 0.05) -> Path:
+def save_random_weights(
+    model: torch.nn.Module, path: str | Path, wrap: str | None = None, scale: float = 0.05
+) -> Path:
     """Write `random_state_dict(model)` as a torch file, under the key ``wrap`` if given (as some public
     checkpoints nest their weights); returns the path."""
     state = random_state_dict(model, scale)

@@ -96,7 +96,9 @@ def run(args) -> int:
             w = tmp / "weights"
             w.mkdir()
             scale = 0.02  # small random weights keep activations finite through the deep networks
-            config.inception = save_random_weights(inception.FIDInceptionV3(), w / inception.WEIGHTS_NAME, scale=scale)
+            config.inception = save_random_weights(
+                inception.FIDInceptionV3(), w / inception.WEIGHTS_NAME, scale=scale
+            )
             config.syncnet = save_random_weights(syncnet.SyncNet(), w / syncnet.WEIGHTS_NAME, scale=scale)
             config.arcface = save_random_weights(
                 arcface.IResNet(arcface.DEPTHS["iresnet100"]), w / arcface.WEIGHTS_NAME, scale=scale

@@ -27,7 +27,9 @@ DEFAULT_VIDEO = ASSETS / "face_calm_speech_4s.mp4"  # a real talking head: analy
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "--video", default=str(DEFAULT_VIDEO), help="clip to analyse (default: a shipped 512² 4 s talking head)"
+        "--video",
+        default=str(DEFAULT_VIDEO),
+        help="clip to analyse (default: a shipped 512² 4 s talking head)",
     )
     parser.add_argument("--cores", type=int, default=2, help="CPU cores to pin the process to (default 2)")
     parser.add_argument("--frames", type=int, default=0, help="analyse at most this many frames (0 = all)")

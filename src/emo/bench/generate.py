@@ -37,7 +37,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--audio-guidance", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--image", default=str(ASSETS / "portrait.jpg"), help="portrait (default: a shipped one)")
+    parser.add_argument(
+        "--image", default=str(ASSETS / "portrait.jpg"), help="portrait (default: a shipped one)"
+    )
     parser.add_argument(
         "--audio",
         default=str(ASSETS / "hdtf_speech_256_4s.mp4"),

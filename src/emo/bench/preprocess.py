@@ -21,10 +21,14 @@ HELP = "preprocessing throughput: seconds of video per wall-clock second (no aud
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("videos", nargs="*", metavar="VIDEOS", help="videos with speech to process (required)")
+    parser.add_argument(
+        "videos", nargs="*", metavar="VIDEOS", help="videos with speech to process (required)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--size", type=int, default=512, help="output size (default 512)")
-    parser.add_argument("--repeat", type=int, default=2, help="process each input this many times (default 2)")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="process each input this many times (default 2)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="write the dataset here instead of a temporary folder")
 
 
@@ -61,9 +65,15 @@ def run(args) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"videos: {len(videos)} x {args.repeat} = {total_s:.1f} s of video; workers {args.workers}; size {args.size}")
-    print(f"clips kept {summary['clips_kept']} ({summary['hours_kept'] * 3600:.1f} s), dropped {summary['clips_dropped']}, "
-          f"failed videos {summary['videos_failed']}")
-    print(f"wall {wall:.1f} s -> {total_s / wall:.2f} s of video per second ({total_s / wall:.2f}x real time)")
+    print(
+        f"videos: {len(videos)} x {args.repeat} = {total_s:.1f} s of video; workers {args.workers}; size {args.size}"
+    )
+    print(
+        f"clips kept {summary['clips_kept']} ({summary['hours_kept'] * 3600:.1f} s), dropped {summary['clips_dropped']}, "
+        f"failed videos {summary['videos_failed']}"
+    )
+    print(
+        f"wall {wall:.1f} s -> {total_s / wall:.2f} s of video per second ({total_s / wall:.2f}x real time)"
+    )
     print(f"peak RSS of the main process {peak_rss_mib():.0f} MiB (workers are separate processes)")
     return 0

@@ -22,14 +22,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default 5)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); on a busy "
-                        "shared CPU, 1 avoids threads waiting on each other")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's choice); on a busy "
+        "shared CPU, 1 avoids threads waiting on each other",
+    )
 
 
 class SyntheticClips:
     """Random items in the dataset format (stage 1 or stages 2/3) with the network's audio shapes."""
 
-    def __init__(self, video: bool, size: int, n: int, f: int, window: int, layers: int, dim: int, length: int = 64):
+    def __init__(
+        self, video: bool, size: int, n: int, f: int, window: int, layers: int, dim: int, length: int = 64
+    ):
         self.video, self.size, self.n, self.f = video, size, n, f
         self.window, self.layers, self.dim, self.length = window, layers, dim, length
 
@@ -42,13 +48,20 @@ class SyntheticClips:
         g = torch.Generator().manual_seed(index)
         s = self.size
         mask = torch.zeros(1, s, s)
-        mask[:, s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 1
-        item = {"reference": torch.rand(3, s, s, generator=g) * 2 - 1, "mask": mask, "clip_id": f"synthetic_{index}"}
+        mask[:, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = 1
+        item = {
+            "reference": torch.rand(3, s, s, generator=g) * 2 - 1,
+            "mask": mask,
+            "clip_id": f"synthetic_{index}",
+        }
         if not self.video:
             return {**item, "target": torch.rand(3, s, s, generator=g) * 2 - 1}
-        return {**item, "frames": torch.rand(self.n + self.f, 3, s, s, generator=g) * 2 - 1,
-                "audio": torch.randn(self.f, self.window, self.layers, self.dim, generator=g),
-                "speed": torch.rand(self.f, self.window, generator=g)}
+        return {
+            **item,
+            "frames": torch.rand(self.n + self.f, 3, s, s, generator=g) * 2 - 1,
+            "audio": torch.randn(self.f, self.window, self.layers, self.dim, generator=g),
+            "speed": torch.rand(self.f, self.window, generator=g),
+        }
 
 
 def random_vae(preset: str):
@@ -58,9 +71,14 @@ def random_vae(preset: str):
         return tiny_vae()
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                         scaling_factor=0.18215)
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        scaling_factor=0.18215,
+    )
 
 
 def run(args) -> int:
@@ -81,30 +99,55 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     size = args.size or (64 if args.preset == "tiny" else 512)
     model_cfg = preset(args.preset)
-    print(f"emo bench train: preset {args.preset}, {size}², batch {args.batch}, f={args.frames}, n={args.motion}, "
-          f"{args.mixed_precision}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"emo bench train: preset {args.preset}, {size}², batch {args.batch}, f={args.frames}, n={args.motion}, "
+        f"{args.mixed_precision}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for stage in args.stages:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = config_from_dict({
-                "stage": stage, "model": args.preset, "codec": "(random)",
-                "init": {"checkpoint": "(random)"} if stage > 1 else {},
-                "data": {"dataset": "(synthetic)", "num_motion_frames": args.motion, "num_frames": args.frames,
-                         "num_workers": 0},
-                "train": {"batch_size": args.batch, "max_steps": args.steps + 1,
-                          "mixed_precision": args.mixed_precision,
-                          "gradient_checkpointing": args.gradient_checkpointing},
-                "run": {"output_dir": tmp, "checkpoint_every": 10**9, "validate_every": 0},
-            }, "bench")
-            data = SyntheticClips(stage > 1, size, args.motion, args.frames, 2 * model_cfg.audio_window + 1,
-                                  model_cfg.audio_layers, model_cfg.audio_feature_dim)
+            cfg = config_from_dict(
+                {
+                    "stage": stage,
+                    "model": args.preset,
+                    "codec": "(random)",
+                    "init": {"checkpoint": "(random)"} if stage > 1 else {},
+                    "data": {
+                        "dataset": "(synthetic)",
+                        "num_motion_frames": args.motion,
+                        "num_frames": args.frames,
+                        "num_workers": 0,
+                    },
+                    "train": {
+                        "batch_size": args.batch,
+                        "max_steps": args.steps + 1,
+                        "mixed_precision": args.mixed_precision,
+                        "gradient_checkpointing": args.gradient_checkpointing,
+                    },
+                    "run": {"output_dir": tmp, "checkpoint_every": 10**9, "validate_every": 0},
+                },
+                "bench",
+            )
+            data = SyntheticClips(
+                stage > 1,
+                size,
+                args.motion,
+                args.frames,
+                2 * model_cfg.audio_window + 1,
+                model_cfg.audio_layers,
+                model_cfg.audio_feature_dim,
+            )
             torch.manual_seed(0)
-            trainer = Trainer(cfg, dataset=data, codec=SDVAECodec(random_vae(args.preset)), model=EMO.from_config(model_cfg))
+            trainer = Trainer(
+                cfg, dataset=data, codec=SDVAECodec(random_vae(args.preset)), model=EMO.from_config(model_cfg)
+            )
             trainer.fit()
             records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
             times = [r["step_s"] for r in records[1:]]  # the first step warms up allocators and kernels
             trained = sum(p.numel() for p in trainer.trainable.values()) / 1e6
-            print(f"stage {stage}: {statistics.median(times):.3f} s/step (median of {len(times)}, min {min(times):.3f}), "
-                  f"{args.batch / statistics.median(times):.2f} samples/s, {trained:.2f}M trained parameters, "
-                  f"peak memory {records[-1]['memory_mib']:.0f} MiB")
+            print(
+                f"stage {stage}: {statistics.median(times):.3f} s/step (median of {len(times)}, min {min(times):.3f}), "
+                f"{args.batch / statistics.median(times):.2f} samples/s, {trained:.2f}M trained parameters, "
+                f"peak memory {records[-1]['memory_mib']:.0f} MiB"
+            )
     return 0

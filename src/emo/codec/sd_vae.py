@@ -38,5 +38,9 @@ class SDVAECodec(LatentCodec):
         return self.vae.decode(latents).sample
 
     def describe(self) -> dict:
-        return {"kind": "sd_vae", "latent_channels": self.latent_channels, "scaling": self.scaling,
-                "shift": self.shift}
+        return {
+            "kind": "sd_vae",
+            "latent_channels": self.latent_channels,
+            "scaling": self.scaling,
+            "shift": self.shift,
+        }

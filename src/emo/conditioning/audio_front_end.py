@@ -64,14 +64,19 @@ def front_end_from_record(record: dict, wav2vec2: str | os.PathLike | None, devi
         settings = {k: v for k, v in record.items() if k != "id"}
         return LogMelFrontEnd.from_dict(settings)
     if kind != WAV2VEC2_KIND:
-        raise EmoError(f"unknown audio front-end kind {kind!r} in the checkpoint; known: {LOG_MEL_KIND}, "
-                       f"{WAV2VEC2_KIND}")
+        raise EmoError(
+            f"unknown audio front-end kind {kind!r} in the checkpoint; known: {LOG_MEL_KIND}, {WAV2VEC2_KIND}"
+        )
     if wav2vec2 is None or not Path(wav2vec2).exists():
-        raise EmoError("the model was trained with wav2vec2 features: pass --audio-encoder PATH (the wav2vec2 "
-                       "folder it was trained with) or put it in the --weights directory as wav2vec2/")
+        raise EmoError(
+            "the model was trained with wav2vec2 features: pass --audio-encoder PATH (the wav2vec2 "
+            "folder it was trained with) or put it in the --weights directory as wav2vec2/"
+        )
     if wav2vec2_id(wav2vec2) != record["id"]:
-        raise EmoError(f"--audio-encoder {wav2vec2} is not the wav2vec2 this model was trained with "
-                       f"({record['id'][:15]}...); give the same weights")
+        raise EmoError(
+            f"--audio-encoder {wav2vec2} is not the wav2vec2 this model was trained with "
+            f"({record['id'][:15]}...); give the same weights"
+        )
     return load_audio_front_end(wav2vec2, device)
 
 
@@ -82,7 +87,9 @@ def wav2vec2_id(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise EmoError(f"--audio-encoder {path}: no config.json there; give a local wav2vec2 folder or {LOG_MEL}")
+        raise EmoError(
+            f"--audio-encoder {path}: no config.json there; give a local wav2vec2 folder or {LOG_MEL}"
+        )
     digest = hashlib.sha256()
     for name in ("config.json", "preprocessor_config.json"):  # the latter holds do_normalize
         if (path / name).is_file():

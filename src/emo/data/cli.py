@@ -35,52 +35,139 @@ def add_arguments(parser) -> None:
     from emo.data.scenes import DETECTORS, SceneConfig
 
     d, s = PreprocessConfig(), SceneConfig()
-    parser.add_argument("inputs", nargs="*", metavar="VIDEOS", help="video files, folders, or .txt lists of paths")
-    parser.add_argument("--out", required=True, metavar="DIR", help="dataset directory (created; resumed if it exists)")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="VIDEOS", help="video files, folders, or .txt lists of paths"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="dataset directory (created; resumed if it exists)"
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--merge", action="store_true", help="only rebuild DIR/manifest.jsonl and summary.json from finished videos")
-    mode.add_argument("--add-audio-features", action="store_true",
-                      help="compute audio features for clips that lack them (needs --audio-encoder)")
-    mode.add_argument("--add-latents", action="store_true",
-                      help="encode the frames of clips that lack latents (needs --codec)")
+    mode.add_argument(
+        "--merge",
+        action="store_true",
+        help="only rebuild DIR/manifest.jsonl and summary.json from finished videos",
+    )
+    mode.add_argument(
+        "--add-audio-features",
+        action="store_true",
+        help="compute audio features for clips that lack them (needs --audio-encoder)",
+    )
+    mode.add_argument(
+        "--add-latents",
+        action="store_true",
+        help="encode the frames of clips that lack latents (needs --codec)",
+    )
     run = parser.add_argument_group("running")
-    run.add_argument("--workers", type=int, default=1, metavar="N", help="processes on this machine (default 1)")
-    run.add_argument("--shard", metavar="i/N", help="process only shard i of N (0-based) of the sorted video list")
-    run.add_argument("--audio-encoder", metavar="DIR|log-mel",
-                     help="local wav2vec2 folder, or log-mel (weight-free); also store per-frame audio features")
-    run.add_argument("--codec", metavar="DIR|taef2",
-                     help="latent codec (SD VAE folder, tiny-autoencoder folder, or taef2: the shipped one); also "
-                          "store every frame's latents, so training never re-encodes frames")
-    run.add_argument("--device", default="cpu", help="where wav2vec2 / the codec run (cpu, cuda, cuda:1...; default cpu)")
+    run.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="processes on this machine (default 1)"
+    )
+    run.add_argument(
+        "--shard", metavar="i/N", help="process only shard i of N (0-based) of the sorted video list"
+    )
+    run.add_argument(
+        "--audio-encoder",
+        metavar="DIR|log-mel",
+        help="local wav2vec2 folder, or log-mel (weight-free); also store per-frame audio features",
+    )
+    run.add_argument(
+        "--codec",
+        metavar="DIR|taef2",
+        help="latent codec (SD VAE folder, tiny-autoencoder folder, or taef2: the shipped one); also "
+        "store every frame's latents, so training never re-encodes frames",
+    )
+    run.add_argument(
+        "--device", default="cpu", help="where wav2vec2 / the codec run (cpu, cuda, cuda:1...; default cpu)"
+    )
     run.add_argument("--retry-failed", action="store_true", help="process again videos recorded as failed")
     out = parser.add_argument_group("output")
     out.add_argument("--fps", type=float, default=d.fps, help=f"output frame rate (default {d.fps:g})")
-    out.add_argument("--size", type=int, default=d.size, help=f"output frames are SIZE x SIZE (default {d.size})")
-    out.add_argument("--min-clip", type=float, default=d.min_clip_s, metavar="S", help=f"shortest clip, seconds (default {d.min_clip_s:g})")
-    out.add_argument("--max-clip", type=float, default=d.max_clip_s, metavar="S", help=f"longest clip, seconds (default {d.max_clip_s:g})")
-    out.add_argument("--crop-expand", type=float, default=d.crop_expand,
-                     help=f"crop side / size of the union of the clip's face boxes (default {d.crop_expand:g})")
-    out.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help=f"stored frame quality (default {d.jpeg_quality})")
+    out.add_argument(
+        "--size", type=int, default=d.size, help=f"output frames are SIZE x SIZE (default {d.size})"
+    )
+    out.add_argument(
+        "--min-clip",
+        type=float,
+        default=d.min_clip_s,
+        metavar="S",
+        help=f"shortest clip, seconds (default {d.min_clip_s:g})",
+    )
+    out.add_argument(
+        "--max-clip",
+        type=float,
+        default=d.max_clip_s,
+        metavar="S",
+        help=f"longest clip, seconds (default {d.max_clip_s:g})",
+    )
+    out.add_argument(
+        "--crop-expand",
+        type=float,
+        default=d.crop_expand,
+        help=f"crop side / size of the union of the clip's face boxes (default {d.crop_expand:g})",
+    )
+    out.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=d.jpeg_quality,
+        help=f"stored frame quality (default {d.jpeg_quality})",
+    )
     flt = parser.add_argument_group("clip filters (a dropped clip is recorded with its reason)")
-    flt.add_argument("--min-face-px", type=float, default=d.min_face_px,
-                     help=f"face_too_small below this median face height in source pixels (default {d.min_face_px:g})")
-    flt.add_argument("--min-face-presence", type=float, default=d.min_face_presence,
-                     help=f"no_face when fewer sampled frames show a face (default {d.min_face_presence:g})")
-    flt.add_argument("--multi-face-ratio", type=float, default=d.multi_face_ratio,
-                     help=f"a 2nd face counts if at least this fraction of the main face's height (default {d.multi_face_ratio:g})")
-    flt.add_argument("--max-multi-face", type=float, default=d.max_multi_face_frac,
-                     help=f"multiple_faces when more sampled frames than this show 2+ faces (default {d.max_multi_face_frac:g})")
-    flt.add_argument("--max-camera-motion", type=float, default=d.max_camera_motion,
-                     help=f"camera_motion above this median background speed, frame widths/s (default {d.max_camera_motion:g})")
-    flt.add_argument("--min-landmark-frac", type=float, default=d.min_landmark_frac,
-                     help=f"face_lost when face mesh finds the face in fewer cropped frames (default {d.min_landmark_frac:g})")
-    flt.add_argument("--analysis-fps", type=float, default=d.analysis_fps,
-                     help=f"face/camera checks per second of video (default {d.analysis_fps:g})")
+    flt.add_argument(
+        "--min-face-px",
+        type=float,
+        default=d.min_face_px,
+        help=f"face_too_small below this median face height in source pixels (default {d.min_face_px:g})",
+    )
+    flt.add_argument(
+        "--min-face-presence",
+        type=float,
+        default=d.min_face_presence,
+        help=f"no_face when fewer sampled frames show a face (default {d.min_face_presence:g})",
+    )
+    flt.add_argument(
+        "--multi-face-ratio",
+        type=float,
+        default=d.multi_face_ratio,
+        help=f"a 2nd face counts if at least this fraction of the main face's height (default {d.multi_face_ratio:g})",
+    )
+    flt.add_argument(
+        "--max-multi-face",
+        type=float,
+        default=d.max_multi_face_frac,
+        help=f"multiple_faces when more sampled frames than this show 2+ faces (default {d.max_multi_face_frac:g})",
+    )
+    flt.add_argument(
+        "--max-camera-motion",
+        type=float,
+        default=d.max_camera_motion,
+        help=f"camera_motion above this median background speed, frame widths/s (default {d.max_camera_motion:g})",
+    )
+    flt.add_argument(
+        "--min-landmark-frac",
+        type=float,
+        default=d.min_landmark_frac,
+        help=f"face_lost when face mesh finds the face in fewer cropped frames (default {d.min_landmark_frac:g})",
+    )
+    flt.add_argument(
+        "--analysis-fps",
+        type=float,
+        default=d.analysis_fps,
+        help=f"face/camera checks per second of video (default {d.analysis_fps:g})",
+    )
     sc = parser.add_argument_group("scene cuts (PySceneDetect)")
     sc.add_argument("--scene-detector", choices=DETECTORS, default=s.detector, help=f"(default {s.detector})")
-    sc.add_argument("--scene-threshold", type=float, default=s.threshold,
-                    help=f"adaptive: change ratio; content: HSV delta, try 27 (default {s.threshold:g})")
-    sc.add_argument("--min-scene", type=float, default=s.min_scene_s, metavar="S", help=f"no two cuts closer (default {s.min_scene_s:g})")
+    sc.add_argument(
+        "--scene-threshold",
+        type=float,
+        default=s.threshold,
+        help=f"adaptive: change ratio; content: HSV delta, try 27 (default {s.threshold:g})",
+    )
+    sc.add_argument(
+        "--min-scene",
+        type=float,
+        default=s.min_scene_s,
+        metavar="S",
+        help=f"no two cuts closer (default {s.min_scene_s:g})",
+    )
 
 
 def config_from_args(args):
@@ -92,7 +179,9 @@ def config_from_args(args):
         size=args.size,
         min_clip_s=args.min_clip,
         max_clip_s=args.max_clip,
-        scene=SceneConfig(detector=args.scene_detector, threshold=args.scene_threshold, min_scene_s=args.min_scene),
+        scene=SceneConfig(
+            detector=args.scene_detector, threshold=args.scene_threshold, min_scene_s=args.min_scene
+        ),
         analysis_fps=args.analysis_fps,
         min_face_px=args.min_face_px,
         min_face_presence=args.min_face_presence,
@@ -115,7 +204,9 @@ def run(args) -> int:
         if args.inputs:
             raise EmoError("--merge / --add-audio-features / --add-latents take no VIDEOS, only --out DIR")
         if not (Path(args.out) / manifest.DATASET_CONFIG).is_file():
-            raise EmoError(f"{args.out} is not a dataset made by emo preprocess (no {manifest.DATASET_CONFIG})")
+            raise EmoError(
+                f"{args.out} is not a dataset made by emo preprocess (no {manifest.DATASET_CONFIG})"
+            )
         if args.merge:
             summary = manifest.build_manifest(args.out)
         elif args.add_latents:
@@ -125,15 +216,23 @@ def run(args) -> int:
         else:
             if not args.audio_encoder:
                 raise EmoError("--add-audio-features needs --audio-encoder WAV2VEC2_DIR|log-mel")
-            summary = preprocess.add_audio_features(args.out, args.audio_encoder, shard=args.shard, device=args.device)
+            summary = preprocess.add_audio_features(
+                args.out, args.audio_encoder, shard=args.shard, device=args.device
+            )
     else:
         if not args.inputs:
             raise EmoError("give VIDEOS (files, folders or .txt lists), or --merge / --add-audio-features")
         if args.workers < 1:
             raise EmoError(f"--workers must be >= 1, got {args.workers}")
         summary = preprocess.run_preprocess(
-            args.inputs, args.out, config_from_args(args), workers=args.workers, shard=args.shard,
-            audio_encoder=args.audio_encoder, retry_failed=args.retry_failed, device=args.device,
+            args.inputs,
+            args.out,
+            config_from_args(args),
+            workers=args.workers,
+            shard=args.shard,
+            audio_encoder=args.audio_encoder,
+            retry_failed=args.retry_failed,
+            device=args.device,
         )
         if args.codec:
             summary = latents.add_latents(args.out, args.codec, shard=args.shard, device=args.device)

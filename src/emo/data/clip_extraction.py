@@ -84,8 +84,13 @@ def finish_clip(
     # (linear interpolation), so every array is complete and smooth.
     idx = np.flatnonzero(found)
     boxes = np.array([box_tuple(o.box) for o in work.observations if o is not None], dtype=np.float32)
-    landmarks = np.stack([np.asarray(o.landmarks, dtype=np.float32) for o in work.observations if o is not None])
-    angles = np.array([[o.pose.yaw, o.pose.pitch, o.pose.roll] for o in work.observations if o is not None], dtype=np.float32)
+    landmarks = np.stack(
+        [np.asarray(o.landmarks, dtype=np.float32) for o in work.observations if o is not None]
+    )
+    angles = np.array(
+        [[o.pose.yaw, o.pose.pitch, o.pose.roll] for o in work.observations if o is not None],
+        dtype=np.float32,
+    )
     everything = np.arange(num)
 
     def fill(values: np.ndarray) -> np.ndarray:
@@ -95,10 +100,14 @@ def finish_clip(
 
     boxes, landmarks, angles = fill(boxes), fill(landmarks), fill(angles)
     # Missing frames are NaN rotations: rotation_speed holds the nearest valid one.
-    rotations = np.stack([np.full((3, 3), np.nan) if o is None else np.asarray(o.pose.rotation) for o in work.observations])
+    rotations = np.stack(
+        [np.full((3, 3), np.nan) if o is None else np.asarray(o.pose.rotation) for o in work.observations]
+    )
     speed = np.asarray(rotation_speed(rotations, config.fps, config.fps), dtype=np.float32).reshape(num)
     # The paper's face region: the union of the clip's face boxes (what may move is where the face went).
-    union = Box(float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max()))
+    union = Box(
+        float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())
+    )
     mask = region_mask(union, None, config.size)  # (S, S) float32 {0, 1}
     np.savez(
         work.directory / clipfmt.META,

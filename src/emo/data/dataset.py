@@ -62,13 +62,17 @@ class _ClipDataset(torch.utils.data.Dataset):
         frame size they were encoded at."""
         missing = [c["clip_id"] for c in clips if not c.get("has_latents")]
         if missing:
-            raise EmoError(f"{len(missing)} clips of {self.root} have no cached latents (e.g. {missing[0]}); make "
-                           f"them with `emo preprocess --add-latents --out {self.root} --codec DIR|taef2`, or set "
-                           "data.latents: false")
+            raise EmoError(
+                f"{len(missing)} clips of {self.root} have no cached latents (e.g. {missing[0]}); make "
+                f"them with `emo preprocess --add-latents --out {self.root} --codec DIR|taef2`, or set "
+                "data.latents: false"
+            )
         sizes = {c["size"] for c in clips}
         if self.size is not None and sizes != {self.size}:
-            raise EmoError(f"the latents of {self.root} were encoded at {sorted(sizes)}² frames, not data.size "
-                           f"{self.size}: set data.size to the dataset's size")
+            raise EmoError(
+                f"the latents of {self.root} were encoded at {sorted(sizes)}² frames, not data.size "
+                f"{self.size}: set data.size to the dataset's size"
+            )
 
     def _read_latents(self, clip: dict, indices: list[int]) -> torch.Tensor:
         """Cached latents of frames ``indices`` of a clip: (N, C, h, w) float32."""
@@ -101,11 +105,15 @@ class Stage1Dataset(_ClipDataset):
         seed: base seed; randomness is derived from (seed, epoch, index).
     """
 
-    def __init__(self, root: str | os.PathLike, size: int | None = None, seed: int = 0, latents: bool = False):
+    def __init__(
+        self, root: str | os.PathLike, size: int | None = None, seed: int = 0, latents: bool = False
+    ):
         super().__init__(root, size, seed, latents)
         self.clips = [c for c in read_manifest(root) if c["num_frames"] >= 2]
         if not self.clips:
-            raise EmoError(f"no clip of 2+ frames in {root}; add videos with `emo preprocess VIDEOS... --out {root}`")
+            raise EmoError(
+                f"no clip of 2+ frames in {root}; add videos with `emo preprocess VIDEOS... --out {root}`"
+            )
         if latents:
             self._check_latents(self.clips)
         self._starts = np.cumsum([0] + [c["num_frames"] for c in self.clips]).tolist()
@@ -130,7 +138,9 @@ class Stage1Dataset(_ClipDataset):
                 "mask": _mask_tensor(meta["mask"], self.size),
                 "clip_id": clip["clip_id"],
             }
-        frames = _to_tensor(read_frames(self.root / clip["path"], [target, reference], meta["frame_offsets"]), self.size)
+        frames = _to_tensor(
+            read_frames(self.root / clip["path"], [target, reference], meta["frame_offsets"]), self.size
+        )
         return {
             "target": frames[0],  # (3, H, W)
             "reference": frames[1],  # (3, H, W)
@@ -224,7 +234,8 @@ class VideoClipDataset(_ClipDataset):
             images = self._read_latents(clip, [*window_frames, reference])  # (n+f+1, C, h, w)
         else:
             images = _to_tensor(
-                read_frames(self.root / clip["path"], [*window_frames, reference], meta["frame_offsets"]), self.size
+                read_frames(self.root / clip["path"], [*window_frames, reference], meta["frame_offsets"]),
+                self.size,
             )  # (n+f+1, 3, H, W)
 
         # Window of the current frames, replicate-padded at the clip ends only: index[t, j] is the frame

@@ -31,18 +31,25 @@ class PreprocessConfig:
     analysis_width: int = 640  # analysis frames are downscaled to this width (detection, motion)
     min_face_px: float = 96.0  # median face-box height in source pixels below which: face_too_small
     min_face_presence: float = 0.8  # fraction of analysis samples that must show a face, else no_face
-    multi_face_ratio: float = 0.4  # a second face counts if its box is at least this fraction of the largest's height
+    multi_face_ratio: float = (
+        0.4  # a second face counts if its box is at least this fraction of the largest's height
+    )
     max_multi_face_frac: float = 0.2  # more samples than this with 2+ counted faces: multiple_faces
     max_camera_motion: float = 0.08  # median background speed (frame widths / s) above which: camera_motion
     crop_expand: float = 1.8  # the union of the clip's face boxes is widened by this factor for the crop
-    min_landmark_frac: float = 0.8  # fraction of output frames where face mesh must find the face, else face_lost
+    min_landmark_frac: float = (
+        0.8  # fraction of output frames where face mesh must find the face, else face_lost
+    )
     jpeg_quality: int = 95  # quality of the stored frames
 
     def __post_init__(self):
         checks = [
             (self.fps > 0, f"--fps must be > 0, got {self.fps}"),
             (self.size >= 16, f"--size must be >= 16, got {self.size}"),
-            (0 < self.min_clip_s <= self.max_clip_s, f"need 0 < --min-clip <= --max-clip, got {self.min_clip_s}, {self.max_clip_s}"),
+            (
+                0 < self.min_clip_s <= self.max_clip_s,
+                f"need 0 < --min-clip <= --max-clip, got {self.min_clip_s}, {self.max_clip_s}",
+            ),
             (self.analysis_fps > 0, f"--analysis-fps must be > 0, got {self.analysis_fps}"),
             (self.crop_expand >= 1, f"--crop-expand must be >= 1, got {self.crop_expand}"),
             (1 <= self.jpeg_quality <= 100, f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}"),

@@ -37,8 +37,10 @@ def check_codec(root: Path, fingerprint: str, spec) -> None:
     if recorded is None:
         mf.write_json(root / mf.DATASET_CONFIG, {**config, CODEC_KEY: fingerprint})
     elif recorded != fingerprint:
-        raise EmoError(f"--codec {spec} is not the codec that made the latents of {root} ({recorded[:15]}...); "
-                       "use the same codec, or a new --out directory")
+        raise EmoError(
+            f"--codec {spec} is not the codec that made the latents of {root} ({recorded[:15]}...); "
+            "use the same codec, or a new --out directory"
+        )
 
 
 def dataset_codec(root: str | os.PathLike) -> str | None:
@@ -47,8 +49,14 @@ def dataset_codec(root: str | os.PathLike) -> str | None:
 
 
 @torch.no_grad()
-def add_latents(root: str | os.PathLike, codec_spec, shard: str | None = None, device: str = "cpu",
-                batch: int = 32, progress: bool = True) -> dict:
+def add_latents(
+    root: str | os.PathLike,
+    codec_spec,
+    shard: str | None = None,
+    device: str = "cpu",
+    batch: int = 32,
+    progress: bool = True,
+) -> dict:
     """Encode the frames of every clip without latents; returns the summary. Resumable (each clip's file is
     written atomically); ``shard`` 'i/N' takes every N-th clip."""
     # Here, not at the top: training imports this module (dataset_codec) and needs none of the preprocessing.
@@ -60,7 +68,9 @@ def add_latents(root: str | os.PathLike, codec_spec, shard: str | None = None, d
     codec = load_codec(codec_spec).to(device).eval()
     check_codec(root, codec.fingerprint(), codec_spec)
     index, num_shards = parse_shard(shard)
-    clips = [c for c in mf.read_manifest(root)[index::num_shards] if not (root / c["path"] / LATENTS).is_file()]
+    clips = [
+        c for c in mf.read_manifest(root)[index::num_shards] if not (root / c["path"] / LATENTS).is_file()
+    ]
     for clip in tqdm(clips, unit="clip", desc="latents", disable=not progress):
         directory = root / clip["path"]
         with np.load(directory / META) as meta:
@@ -68,7 +78,9 @@ def add_latents(root: str | os.PathLike, codec_spec, shard: str | None = None, d
         parts = []
         for start in range(0, clip["num_frames"], batch):
             frames = read_frames(directory, range(start, min(start + batch, clip["num_frames"])), offsets)
-            pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1  # (N, 3, S, S)
+            pixels = (
+                torch.from_numpy(frames).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1
+            )  # (N, 3, S, S)
             parts.append(codec.encode(pixels).to(torch.float16).cpu())  # (N, C, s, s)
         with writing(directory / LATENTS), atomic_path(directory / LATENTS) as temp:
             save_file({"latents": torch.cat(parts).contiguous()}, str(temp))

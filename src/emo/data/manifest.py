@@ -81,7 +81,9 @@ def build_manifest(root: str | os.PathLike) -> dict:
     hours_in = 0.0
     for record in records:
         if record["status"] != "ok":
-            failed.append({"source": record["source"], "video_id": record["video_id"], "error": record["error"]})
+            failed.append(
+                {"source": record["source"], "video_id": record["video_id"], "error": record["error"]}
+            )
             continue
         hours_in += record["info"]["duration_s"] / 3600
         for drop in record["dropped"]:
@@ -118,7 +120,11 @@ def missing_shards(root: Path) -> list[str]:
     shard_dir = root / SHARDS
     if not shard_dir.is_dir():
         return []
-    done = {p.name for p in (root / VIDEOS).iterdir() if (p / VIDEO_RECORD).is_file()} if (root / VIDEOS).is_dir() else set()
+    done = (
+        {p.name for p in (root / VIDEOS).iterdir() if (p / VIDEO_RECORD).is_file()}
+        if (root / VIDEOS).is_dir()
+        else set()
+    )
     missing = []
     counts = set()
     for path in sorted(shard_dir.glob("*.json")):
@@ -147,5 +153,7 @@ def read_manifest(root: str | os.PathLike) -> list[dict]:
             try:
                 clips.append(json.loads(line))
             except json.JSONDecodeError:
-                raise EmoError(f"{path} line {number} is not valid JSON; rebuild it with `emo preprocess --merge --out {root}`") from None
+                raise EmoError(
+                    f"{path} line {number} is not valid JSON; rebuild it with `emo preprocess --merge --out {root}`"
+                ) from None
     return clips

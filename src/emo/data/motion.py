@@ -46,7 +46,11 @@ class CameraMotion:
         import cv2
 
         speed = None
-        if self._prev is not None and self._prev_points is not None and len(self._prev_points) >= self.min_points:
+        if (
+            self._prev is not None
+            and self._prev_points is not None
+            and len(self._prev_points) >= self.min_points
+        ):
             flow = dict(winSize=(21, 21), maxLevel=3)
             points, status, _ = cv2.calcOpticalFlowPyrLK(self._prev, gray, self._prev_points, None, **flow)
             back, back_status, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev, points, None, **flow)

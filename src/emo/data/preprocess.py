@@ -51,7 +51,9 @@ def list_videos(inputs: list[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            videos = [p for p in sorted(path.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+            videos = [
+                p for p in sorted(path.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+            ]
             if not videos:
                 raise EmoError(f"no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) under {path}")
             for video in videos:
@@ -65,7 +67,9 @@ def list_videos(inputs: list[str | os.PathLike]) -> list[Path]:
         elif path.exists():
             add(path, "the command line")
         else:
-            raise EmoError(f"input not found: {path}; give video files, folders of videos or a .txt list of paths")
+            raise EmoError(
+                f"input not found: {path}; give video files, folders of videos or a .txt list of paths"
+            )
     return sorted(found.values())
 
 
@@ -121,8 +125,10 @@ def run_preprocess(
         todo.append(video)
     logger.info(
         "%d videos in the input%s; %d already done, %d to process",
-        len(videos), f", {len(mine)} in shard {index}/{num_shards}" if num_shards > 1 else "",
-        len(mine) - len(todo), len(todo),
+        len(videos),
+        f", {len(mine)} in shard {index}/{num_shards}" if num_shards > 1 else "",
+        len(mine) - len(todo),
+        len(todo),
     )
     bar = tqdm(total=len(todo), unit="video", disable=not progress or not todo)
 
@@ -142,7 +148,10 @@ def _log_record(record: dict) -> None:
     if record["status"] == "ok":
         logger.info(
             "%s: %d clips kept, %d dropped (%.1f s)",
-            record["source"], len(record["clips"]), len(record["dropped"]), record["_seconds"],
+            record["source"],
+            len(record["clips"]),
+            len(record["dropped"]),
+            record["_seconds"],
         )
 
 

@@ -68,7 +68,9 @@ class SceneCutDetector:
         height, width = frame_rgb.shape[:2]
         if width > self.config.analysis_width:
             new_h = max(1, round(height * self.config.analysis_width / width))
-            frame_rgb = cv2.resize(frame_rgb, (self.config.analysis_width, new_h), interpolation=cv2.INTER_AREA)
+            frame_rgb = cv2.resize(
+                frame_rgb, (self.config.analysis_width, new_h), interpolation=cv2.INTER_AREA
+            )
         frame_bgr = cv2.cvtColor(np.ascontiguousarray(frame_rgb), cv2.COLOR_RGB2BGR)  # PySceneDetect uses BGR
         for timecode in self._detector.process_frame(self._timecode(self._index), frame_bgr):
             self._cuts.append(int(timecode.frame_num))

@@ -105,7 +105,10 @@ def _judge(span: Span, samples: list[_Sample], config: PreprocessConfig) -> tupl
         return "no_face", stats
     heights = [s.faces[0][3] - s.faces[0][1] for s in with_face]
     multi = sum(
-        1 for s in with_face if len(s.faces) > 1 and (s.faces[1][3] - s.faces[1][1]) >= config.multi_face_ratio * (s.faces[0][3] - s.faces[0][1])
+        1
+        for s in with_face
+        if len(s.faces) > 1
+        and (s.faces[1][3] - s.faces[1][1]) >= config.multi_face_ratio * (s.faces[0][3] - s.faces[0][1])
     )
     stats["multi_face_frac"] = round(multi / len(with_face), 4)
     stats["face_px"] = round(float(np.median(heights)), 2)
@@ -163,8 +166,11 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: Too
     try:
         info = probe_video(source)
         record["info"] = {
-            "fps": info.fps, "width": info.width, "height": info.height,
-            "duration_s": info.duration_s, "has_audio": info.has_audio,
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "duration_s": info.duration_s,
+            "has_audio": info.has_audio,
             "audio_delay_s": round(info.audio_start_s - info.start_s, 6) if info.has_audio else None,
         }
         cuts, decoded, samples = _analyse(source, info, config, tools.analyzer)
@@ -183,7 +189,9 @@ def process_video(source: Path, root: Path, config: PreprocessConfig, tools: Too
                 if reason:
                     dropped.append(_drop(span, reason, stats))
                     continue
-                boxes = [Box(*s.faces[0]) for s in samples if span.start_s <= s.time_s < span.end_s and s.faces]
+                boxes = [
+                    Box(*s.faces[0]) for s in samples if span.start_s <= s.time_s < span.end_s and s.faces
+                ]
                 crop = square_crop_box(boxes, info.width, info.height, config.crop_expand)
                 k0, k1 = _frame_range(span, config.fps, info.fps)
                 clip_id = f"{vid}_{len(works):03d}"
@@ -261,7 +269,12 @@ def clear_tmp(root: Path, ids: set[str]) -> None:
 
 
 def _drop(span: Span, reason: str, stats: dict) -> dict:
-    return {"start_s": round(span.start_s, 6), "end_s": round(span.end_s, 6), "reason": reason, "stats": stats}
+    return {
+        "start_s": round(span.start_s, 6),
+        "end_s": round(span.end_s, 6),
+        "reason": reason,
+        "stats": stats,
+    }
 
 
 def commit(tmp: Path, final: Path) -> None:

@@ -71,17 +71,25 @@ def add_arguments(parser) -> None:
 
 def _add_actions(parser) -> None:
     actions = parser.add_subparsers(title="other actions", metavar="ACTION")
-    protocol = actions.add_parser("protocol", help="HDTF-style test list -> generation jobs or reference folder")
+    protocol = actions.add_parser(
+        "protocol", help="HDTF-style test list -> generation jobs or reference folder"
+    )
     protocol_steps = protocol.add_subparsers(metavar="STEP", required=True)
     jobs = protocol_steps.add_parser("jobs", help="print `emo generate --batch` jobs, fixed seeds (JSON)")
     jobs.add_argument("list", metavar="LIST", help="test list (JSON or CSV)")
     jobs.add_argument("folder", metavar="GENERATED_DIR", help="where the jobs write GENERATED_DIR/<id>.mp4")
     jobs.set_defaults(_run=run_protocol_jobs)
-    reference = protocol_steps.add_parser("reference", help="fill REFERENCE_DIR with links <id>.mp4, <id>.<ext>")
+    reference = protocol_steps.add_parser(
+        "reference", help="fill REFERENCE_DIR with links <id>.mp4, <id>.<ext>"
+    )
     reference.add_argument("list", metavar="LIST", help="test list (JSON or CSV)")
-    reference.add_argument("folder", metavar="REFERENCE_DIR", help="the folder `emo evaluate --reference` reads")
+    reference.add_argument(
+        "folder", metavar="REFERENCE_DIR", help="the folder `emo evaluate --reference` reads"
+    )
     reference.set_defaults(_run=run_protocol_reference)
-    report = actions.add_parser("report", help="print evaluations (the JSON emo evaluate writes) side by side")
+    report = actions.add_parser(
+        "report", help="print evaluations (the JSON emo evaluate writes) side by side"
+    )
     report.add_argument("results", nargs="+", metavar="JSON", help="evaluation.json files")
     report.add_argument("--names", nargs="+", metavar="NAME", help="column names (default: the file paths)")
     report.set_defaults(_run=run_report)

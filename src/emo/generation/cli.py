@@ -56,7 +56,9 @@ def add_arguments(parser) -> None:
     gen.add_argument(
         "--region", default="face", help="face | wide | tall | full | x0,y0,x1,y1 (default face)"
     )
-    gen.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same video (default 0)")
+    gen.add_argument(
+        "--seed", type=int, default=0, help="noise seed: the same seed gives the same video (default 0)"
+    )
     gen.add_argument(
         "--reference-guidance", type=float, default=1.0, help="CFG scale on the portrait (1.0 = off)"
     )

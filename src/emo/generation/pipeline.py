@@ -169,11 +169,17 @@ class EMOPipeline:
             raise EmoError(f"--weights {weights}: no such directory")
         codec_spec = codec or next((weights / n for n in ("codec", "vae") if (weights / n).exists()), None)
         if codec_spec is None:
-            raise EmoError(f"{weights} holds no codec/ or vae/: pass --codec PATH (a local diffusers VAE or "
-                           "tiny-autoencoder folder, or taef2) or put it inside the --weights directory")
+            raise EmoError(
+                f"{weights} holds no codec/ or vae/: pass --codec PATH (a local diffusers VAE or "
+                "tiny-autoencoder folder, or taef2) or put it inside the --weights directory"
+            )
         model = EMO.from_pretrained(weights)
         return cls(
-            model, load_codec(codec_spec), trained_audio_front_end(weights, audio_encoder, device), device, dtype,
+            model,
+            load_codec(codec_spec),
+            trained_audio_front_end(weights, audio_encoder, device),
+            device,
+            dtype,
             cache_dir,
         )
 
@@ -342,6 +348,7 @@ class EMOPipeline:
             bar.update(1)
             if callback is not None:
                 callback(GenerationProgress(clip, clips, steps_done, clips * opts.steps))
+
         with VideoWriter(
             out_path,
             opts.fps,
@@ -352,10 +359,21 @@ class EMOPipeline:
             overwrite=overwrite,
         ) as writer:
             for clip in range(clips):
-                noise = torch.randn(1, f, self.codec.latent_channels, h, w, generator=generator).to(self.device)
-                audio = clip_window(features, clip * f, f, m)[None].to(self.device, self.dtype)  # (1, f, 2m+1, L, D)
+                noise = torch.randn(1, f, self.codec.latent_channels, h, w, generator=generator).to(
+                    self.device
+                )
+                audio = clip_window(features, clip * f, f, m)[None].to(
+                    self.device, self.dtype
+                )  # (1, f, 2m+1, L, D)
                 latents = self.denoise_clip(
-                    noise, audio, speed, mask, reference, motion, opts, on_step=functools.partial(on_step, clip)
+                    noise,
+                    audio,
+                    speed,
+                    mask,
+                    reference,
+                    motion,
+                    opts,
+                    on_step=functools.partial(on_step, clip),
                 )
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
@@ -374,16 +392,20 @@ def trained_audio_front_end(weights: Path, audio_encoder: str | Path | None, dev
     wav2vec2 = Path(audio_encoder) if audio_encoder else weights / "wav2vec2"
     if not record_file.is_file():
         if not wav2vec2.exists():
-            raise EmoError(f"{wav2vec2} not found: pass --audio-encoder PATH (a local transformers wav2vec2 "
-                           "folder) or put it inside the --weights directory")
+            raise EmoError(
+                f"{wav2vec2} not found: pass --audio-encoder PATH (a local transformers wav2vec2 "
+                "folder) or put it inside the --weights directory"
+            )
         return load_audio_front_end(wav2vec2, device)
     try:
         record = json.loads(record_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EmoError(f"{record_file} is not valid JSON ({exc}); export the checkpoint again") from None
     if audio_encoder and record.get("kind") != WAV2VEC2_KIND:
-        raise EmoError(f"--audio-encoder {audio_encoder}: this model was trained with {record.get('kind')} "
-                       "features, not wav2vec2; leave --audio-encoder out")
+        raise EmoError(
+            f"--audio-encoder {audio_encoder}: this model was trained with {record.get('kind')} "
+            "features, not wav2vec2; leave --audio-encoder out"
+        )
     return front_end_from_record(record, wav2vec2, device)
 
 

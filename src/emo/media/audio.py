@@ -50,5 +50,3 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     if not np.all(np.isfinite(audio)):
         raise EmoError(f"cannot decode audio {path}: it contains NaN/inf samples")
     return np.clip(audio, -1.0, 1.0)
-
-

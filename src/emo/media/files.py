@@ -152,5 +152,3 @@ def decode_reason(exc: BaseException) -> str:
         return str(strerror).strip()
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-

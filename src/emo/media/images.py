@@ -58,7 +58,9 @@ def image_to_rgb(image) -> np.ndarray:
         image = image.convert("L").filter(ImageFilter.GaussianBlur(1))
     elif image.mode.startswith("I") or image.mode == "F":
         image = _wide_gray_to_l(image)
-    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
@@ -93,5 +95,3 @@ def save_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = Tru
             temp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
         )
     return Path(path)
-
-

@@ -10,4 +10,12 @@ from emo.models.face_locator import FaceLocator
 from emo.models.speed_encoder import SpeedEncoder
 from emo.models.unet import EMOUNet
 
-__all__ = ["EMO", "Conditioning", "ReferenceFeatures", "EMOUNet", "AudioProjector", "FaceLocator", "SpeedEncoder"]
+__all__ = [
+    "EMO",
+    "Conditioning",
+    "ReferenceFeatures",
+    "EMOUNet",
+    "AudioProjector",
+    "FaceLocator",
+    "SpeedEncoder",
+]

@@ -28,9 +28,12 @@ def zero_(module: nn.Module) -> nn.Module:
 
 def zero_initialised_parameters(model: nn.Module) -> list[str]:
     """Names of the parameters `zero_` zeroed when ``model`` was built, in `named_parameters()` order."""
-    marked = {f"{prefix}.{name}" if prefix else name
-              for prefix, module in model.named_modules() if getattr(module, "starts_at_zero", False)
-              for name, _ in module.named_parameters()}
+    marked = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if getattr(module, "starts_at_zero", False)
+        for name, _ in module.named_parameters()
+    }
     return [name for name, _ in model.named_parameters() if name in marked]
 
 

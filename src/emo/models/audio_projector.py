@@ -37,9 +37,11 @@ class AudioProjector(ModelMixin, ConfigMixin):
         cfg = self.config
         expected = (cfg.window, cfg.num_layers, cfg.feature_dim)
         if tuple(features.shape[1:]) != expected:
-            raise ValueError(f"audio features of shape {tuple(features.shape[1:])} per frame, expected {expected} "
-                             "(window, wav2vec2 layers, hidden size): is the audio encoder the one this model "
-                             "was trained with?")
+            raise ValueError(
+                f"audio features of shape {tuple(features.shape[1:])} per frame, expected {expected} "
+                "(window, wav2vec2 layers, hidden size): is the audio encoder the one this model "
+                "was trained with?"
+            )
         x = rearrange(features.to(self.proj1.weight.dtype), "n w l d -> n (w l d)")
         x = F.silu(self.proj1(x))
         x = F.silu(self.proj2(x))

@@ -56,15 +56,27 @@ class ReferenceFeatures:
         """Stack along the batch (to batch guidance passes into one forward)."""
         if (self.motion is None) != (other.motion is None) or self.num_motion != other.num_motion:
             raise ValueError("cannot batch reference features with different motion frames")
-        motion = None if self.motion is None else {
-            k: torch.cat([v, other.motion[k]]) for k, v in self.motion.items()}
-        return replace(self, spatial={k: torch.cat([v, other.spatial[k]]) for k, v in self.spatial.items()},
-                       motion=motion)
+        motion = (
+            None
+            if self.motion is None
+            else {k: torch.cat([v, other.motion[k]]) for k, v in self.motion.items()}
+        )
+        return replace(
+            self,
+            spatial={k: torch.cat([v, other.spatial[k]]) for k, v in self.spatial.items()},
+            motion=motion,
+        )
 
 
 class EMO(nn.Module):
-    def __init__(self, backbone: EMOUNet, reference_net: EMOUNet, face_locator: FaceLocator,
-                 audio_projector: AudioProjector, speed_encoder: SpeedEncoder):
+    def __init__(
+        self,
+        backbone: EMOUNet,
+        reference_net: EMOUNet,
+        face_locator: FaceLocator,
+        audio_projector: AudioProjector,
+        speed_encoder: SpeedEncoder,
+    ):
         super().__init__()
         self.backbone = backbone
         self.reference_net = reference_net
@@ -76,41 +88,69 @@ class EMO(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> EMO:
         unet = dict(
-            in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
-            block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
-            attention_blocks=cfg.attention_blocks, num_attention_heads=cfg.num_attention_heads,
+            in_channels=cfg.latent_channels,
+            out_channels=cfg.latent_channels,
+            block_out_channels=cfg.block_out_channels,
+            layers_per_block=cfg.layers_per_block,
+            attention_blocks=cfg.attention_blocks,
+            num_attention_heads=cfg.num_attention_heads,
             norm_num_groups=cfg.norm_num_groups,
         )
-        backbone = EMOUNet(**unet, audio_dim=cfg.token_dim, temporal=True, temporal_heads=cfg.temporal_heads,
-                           temporal_max_len=cfg.temporal_max_len, speed_dim=cfg.token_dim)
+        backbone = EMOUNet(
+            **unet,
+            audio_dim=cfg.token_dim,
+            temporal=True,
+            temporal_heads=cfg.temporal_heads,
+            temporal_max_len=cfg.temporal_max_len,
+            speed_dim=cfg.token_dim,
+        )
         reference_net = EMOUNet(**unet, audio_dim=None, temporal=False, speed_dim=None, output_head=False)
         return cls(
             backbone,
             reference_net,
             FaceLocator(out_channels=cfg.block_out_channels[0], channels=cfg.face_locator_channels),
-            AudioProjector(window=2 * cfg.audio_window + 1, num_layers=cfg.audio_layers,
-                           feature_dim=cfg.audio_feature_dim, hidden_dim=cfg.audio_hidden,
-                           num_tokens=cfg.audio_tokens, token_dim=cfg.token_dim),
+            AudioProjector(
+                window=2 * cfg.audio_window + 1,
+                num_layers=cfg.audio_layers,
+                feature_dim=cfg.audio_feature_dim,
+                hidden_dim=cfg.audio_hidden,
+                num_tokens=cfg.audio_tokens,
+                token_dim=cfg.token_dim,
+            ),
             # Speeds are windowed like the audio: the dataset and generation use one m for both.
-            SpeedEncoder(num_buckets=cfg.speed_buckets, max_speed=cfg.max_speed, window=2 * cfg.audio_window + 1,
-                         hidden_dim=cfg.speed_hidden, token_dim=cfg.token_dim),
+            SpeedEncoder(
+                num_buckets=cfg.speed_buckets,
+                max_speed=cfg.max_speed,
+                window=2 * cfg.audio_window + 1,
+                hidden_dim=cfg.speed_hidden,
+                token_dim=cfg.token_dim,
+            ),
         )
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         for name in SUBFOLDERS:
             getattr(self, name).save_pretrained(directory / name, safe_serialization=True)
-        (directory / "emo.json").write_text(json.dumps({"format": "emo", "components": list(SUBFOLDERS)}, indent=2))
+        (directory / "emo.json").write_text(
+            json.dumps({"format": "emo", "components": list(SUBFOLDERS)}, indent=2)
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, torch_dtype: torch.dtype | None = None) -> EMO:
         directory = Path(directory)
         missing = [n for n in SUBFOLDERS if not (directory / n / "config.json").is_file()]
         if missing:
-            raise EmoError(f"{directory} is not an EMO checkpoint: missing component(s) {', '.join(missing)} "
-                           "(expected subfolders written by `emo train export`)")
-        classes = dict(backbone=EMOUNet, reference_net=EMOUNet, face_locator=FaceLocator,
-                       audio_projector=AudioProjector, speed_encoder=SpeedEncoder)
+            raise EmoError(
+                f"{directory} is not an EMO checkpoint: missing component(s) {', '.join(missing)} "
+                "(expected subfolders written by `emo train export`)"
+            )
+        classes = dict(
+            backbone=EMOUNet,
+            reference_net=EMOUNet,
+            face_locator=FaceLocator,
+            audio_projector=AudioProjector,
+            speed_encoder=SpeedEncoder,
+        )
         parts = {}
         for name in SUBFOLDERS:
             try:
@@ -163,12 +203,16 @@ class EMO(nn.Module):
             return ReferenceFeatures(spatial, None, 0)
         if motion is not None:
             motion_feats = {
-                k: rearrange(rearrange(v, "(b t) c h w -> b t c h w", b=batch)[:, 1:], "b n c h w -> (b n) c h w")
+                k: rearrange(
+                    rearrange(v, "(b t) c h w -> b t c h w", b=batch)[:, 1:], "b n c h w -> (b n) c h w"
+                )
                 for k, v in feats.motion.items()
             }
         else:
-            motion_feats = {k: v[::per_video].new_zeros((batch * num_motion, *v.shape[1:]))
-                            for k, v in feats.motion.items()}
+            motion_feats = {
+                k: v[::per_video].new_zeros((batch * num_motion, *v.shape[1:]))
+                for k, v in feats.motion.items()
+            }
         return ReferenceFeatures(spatial, motion_feats, num_motion)
 
     def forward(

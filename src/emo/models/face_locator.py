@@ -15,7 +15,9 @@ from emo.models.attention import zero_
 
 class FaceLocator(ModelMixin, ConfigMixin):
     @register_to_config
-    def __init__(self, out_channels: int = 320, channels: tuple[int, ...] = (16, 32, 64, 128), in_channels: int = 1):
+    def __init__(
+        self, out_channels: int = 320, channels: tuple[int, ...] = (16, 32, 64, 128), in_channels: int = 1
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.blocks = nn.ModuleList()

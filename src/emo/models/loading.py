@@ -30,8 +30,13 @@ log = logging.getLogger(__name__)
 
 # In the order they are looked for; the `.fp16` names are the half-precision variants some SD1.5 downloads hold
 # alone (their tensors are cast to the model's dtype on load).
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
-                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
+WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.fp16.bin",
+)
 
 
 @dataclass
@@ -45,8 +50,10 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.target}: loaded {self.loaded} tensors, {len(self.missing)} missing (new layers), "
-                f"{len(self.unexpected)} unexpected, {len(self.ignored)} ignored by design")
+        return (
+            f"{self.target}: loaded {self.loaded} tensors, {len(self.missing)} missing (new layers), "
+            f"{len(self.unexpected)} unexpected, {len(self.ignored)} ignored by design"
+        )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -75,8 +82,9 @@ def _weights_in_folder(folder: Path) -> Path:
     raise EmoError(f"no weights file ({' or '.join(WEIGHT_NAMES)}) in {folder}")
 
 
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], target: str,
-              ignore: tuple[str, ...] = ()) -> LoadReport:
+def load_into(
+    module: nn.Module, state: dict[str, torch.Tensor], target: str, ignore: tuple[str, ...] = ()
+) -> LoadReport:
     """Copy matching tensors into `module`; keys matching an `ignore` regex are skipped by design."""
     report = LoadReport(target)
     own = module.state_dict()
@@ -87,8 +95,10 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], target: str,
         elif key not in own:
             report.unexpected.append(key)
         elif own[key].shape != value.shape:
-            raise EmoError(f"{target}: checkpoint tensor {key} has shape {tuple(value.shape)}, the model expects "
-                           f"{tuple(own[key].shape)}: the checkpoint does not fit this model configuration")
+            raise EmoError(
+                f"{target}: checkpoint tensor {key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(own[key].shape)}: the checkpoint does not fit this model configuration"
+            )
         else:
             fitted[key] = value
     module.load_state_dict(fitted, strict=False)
@@ -146,8 +156,13 @@ def motion_adapter_to_animatediff(state: dict[str, torch.Tensor]) -> dict[str, t
         if m is None:
             continue
         prefix, rest = m.groups()
-        rest = (rest.replace("attn1.", "attention_blocks.0.").replace("attn2.", "attention_blocks.1.")
-                .replace("norm1.", "norms.0.").replace("norm2.", "norms.1.").replace("norm3.", "ff_norm."))
+        rest = (
+            rest.replace("attn1.", "attention_blocks.0.")
+            .replace("attn2.", "attention_blocks.1.")
+            .replace("norm1.", "norms.0.")
+            .replace("norm2.", "norms.1.")
+            .replace("norm3.", "ff_norm.")
+        )
         out[f"{prefix}.temporal_transformer.{rest}"] = value
     return out
 
@@ -158,7 +173,9 @@ def read_motion_module(path: str | Path) -> dict[str, torch.Tensor]:
         return motion_adapter_to_animatediff(read_state_dict(_weights_in_folder(path)))
     state = read_state_dict(path)
     if not any(".temporal_transformer." in k for k in state):
-        raise EmoError(f"{path} holds no AnimateDiff motion-module keys (*.motion_modules.*.temporal_transformer.*)")
+        raise EmoError(
+            f"{path} holds no AnimateDiff motion-module keys (*.motion_modules.*.temporal_transformer.*)"
+        )
     return state
 
 
@@ -167,13 +184,19 @@ def load_motion_module(model, path: str | Path) -> LoadReport:
     state = read_motion_module(path)
     # The positional table is deterministic; a checkpoint's table of another length (v1: 24) is not an error.
     own = model.backbone.state_dict()
-    other_length = [k for k, v in state.items()
-                    if k.endswith("pos_encoder.pe") and k in own and own[k].shape != v.shape]
-    report = load_into(model.backbone, {k: v for k, v in state.items() if k not in other_length},
-                       f"temporal modules <- {path}")
+    other_length = [
+        k for k, v in state.items() if k.endswith("pos_encoder.pe") and k in own and own[k].shape != v.shape
+    ]
+    report = load_into(
+        model.backbone,
+        {k: v for k, v in state.items() if k not in other_length},
+        f"temporal modules <- {path}",
+    )
     report.ignored += other_length
     # The rest of the backbone comes from SD1.5; the positional tables are built, not learned.
-    report.missing = [k for k in report.missing if ".motion_modules." in k and not k.endswith("pos_encoder.pe")]
+    report.missing = [
+        k for k in report.missing if ".motion_modules." in k and not k.endswith("pos_encoder.pe")
+    ]
     return report
 
 
@@ -191,7 +214,8 @@ def load_vae(path: str | Path, torch_dtype: torch.dtype | None = None):
     # diffusers reads a half-precision-only folder only when asked for its "fp16" variant.
     variant = "fp16" if _weights_in_folder(folder).name.startswith("diffusion_pytorch_model.fp16.") else None
     try:
-        return AutoencoderKL.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True,
-                                             variant=variant)
+        return AutoencoderKL.from_pretrained(
+            folder, torch_dtype=torch_dtype, local_files_only=True, variant=variant
+        )
     except WEIGHT_LOAD_ERRORS as exc:
         raise EmoError(f"cannot load the VAE from {folder}: {str(exc).splitlines()[0]}") from exc

@@ -30,8 +30,10 @@ def parameter_pathways(model: nn.Module) -> dict[str, str]:
         pathway = getattr(module, "pathway", None) or inherited
         for name, _ in module.named_parameters(prefix=prefix.rstrip("."), recurse=False):
             if pathway is None:
-                raise ValueError(f"parameter {name} belongs to no pathway: declare one on its module "
-                                 "(a `pathway` class attribute or emo.models.pathways.on_pathway)")
+                raise ValueError(
+                    f"parameter {name} belongs to no pathway: declare one on its module "
+                    "(a `pathway` class attribute or emo.models.pathways.on_pathway)"
+                )
             found[name] = pathway
         for child_name, child in module.named_children():
             visit(child, f"{prefix}{child_name}.", pathway)

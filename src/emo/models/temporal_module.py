@@ -95,7 +95,9 @@ class TemporalTransformerBlock(nn.Module):
         for earlier_attention, earlier_norm in earlier:
             x = x + earlier_attention(earlier_norm(x), num_frames)
         current = rearrange(x, "(b t) d c -> b t d c", t=num_frames)[:, num_frames - num_current :]
-        x = rearrange(current, "b f d c -> (b f) d c") + attention(norm(x), num_frames, num_current)  # ((B f), HW, C)
+        x = rearrange(current, "b f d c -> (b f) d c") + attention(
+            norm(x), num_frames, num_current
+        )  # ((B f), HW, C)
         if self.speed_attn is not None and speed_tokens is not None:
             # Only the current frames have a speed, and only they are left.
             x = x + self.speed_attn(self.speed_norm(x), speed_tokens.to(x.dtype))

@@ -111,8 +111,9 @@ class Upsample(nn.Module):
 class _Block(nn.Module):
     """Shared plumbing: a stack of (resnet, [attention], [temporal site]) layers."""
 
-    def _build_layers(self, name, in_channels, out_channels, num_layers, cfg, temb_dim, has_attention,
-                      skip_channels=None):
+    def _build_layers(
+        self, name, in_channels, out_channels, num_layers, cfg, temb_dim, has_attention, skip_channels=None
+    ):
         self.name = name
         self.resnets = nn.ModuleList()
         attentions, motion_modules = [], []
@@ -122,20 +123,38 @@ class _Block(nn.Module):
                 res_in += skip_channels[i]
             self.resnets.append(ResnetBlock(res_in, out_channels, temb_dim, cfg.norm_num_groups))
             if has_attention:
-                attentions.append(SpatialTransformer(f"{name}.attentions.{i}", out_channels,
-                                                     cfg.num_attention_heads, cfg.norm_num_groups,
-                                                     cfg.audio_dim))
+                attentions.append(
+                    SpatialTransformer(
+                        f"{name}.attentions.{i}",
+                        out_channels,
+                        cfg.num_attention_heads,
+                        cfg.norm_num_groups,
+                        cfg.audio_dim,
+                    )
+                )
             if cfg.temporal:
-                motion_modules.append(TemporalModule(out_channels, cfg.temporal_heads, cfg.norm_num_groups,
-                                                     cfg.temporal_max_len, cfg.speed_dim))
+                motion_modules.append(
+                    TemporalModule(
+                        out_channels,
+                        cfg.temporal_heads,
+                        cfg.norm_num_groups,
+                        cfg.temporal_max_len,
+                        cfg.speed_dim,
+                    )
+                )
         self.attentions = nn.ModuleList(attentions) if has_attention else None
         self.motion_modules = nn.ModuleList(motion_modules) if cfg.temporal else None
 
     def _layer(self, i: int, x: torch.Tensor, temb: torch.Tensor, inputs: FrameInputs) -> torch.Tensor:
         x = self.resnets[i](x, temb)
         if self.attentions is not None:
-            x = self.attentions[i](x, inputs.num_frames, inputs.reference, inputs.audio_tokens, inputs.collect
-                                   and inputs.collect.spatial)
+            x = self.attentions[i](
+                x,
+                inputs.num_frames,
+                inputs.reference,
+                inputs.audio_tokens,
+                inputs.collect and inputs.collect.spatial,
+            )
         return self._site(f"{self.name}.motion_modules.{i}", i, x, inputs)
 
     def _site(self, site: str, i: int, x: torch.Tensor, inputs: FrameInputs) -> torch.Tensor:
@@ -151,7 +170,9 @@ class _Block(nn.Module):
 class DownBlock(_Block):
     def __init__(self, name, in_channels, out_channels, cfg, temb_dim, has_attention, add_downsample):
         super().__init__()
-        self._build_layers(name, in_channels, out_channels, cfg.layers_per_block, cfg, temb_dim, has_attention)
+        self._build_layers(
+            name, in_channels, out_channels, cfg.layers_per_block, cfg, temb_dim, has_attention
+        )
         self.downsamplers = nn.ModuleList([Downsample(out_channels)]) if add_downsample else None
 
     def forward(self, x, temb, inputs: FrameInputs):
@@ -172,28 +193,48 @@ class MidBlock(_Block):
         groups = cfg.norm_num_groups
         self.resnets = nn.ModuleList([ResnetBlock(channels, channels, temb_dim, groups) for _ in range(2)])
         self.attentions = nn.ModuleList(
-            [SpatialTransformer(f"{name}.attentions.0", channels, cfg.num_attention_heads, groups, cfg.audio_dim)]
+            [
+                SpatialTransformer(
+                    f"{name}.attentions.0", channels, cfg.num_attention_heads, groups, cfg.audio_dim
+                )
+            ]
         )
         self.motion_modules = (
-            nn.ModuleList([TemporalModule(channels, cfg.temporal_heads, groups, cfg.temporal_max_len,
-                                          cfg.speed_dim)])
-            if cfg.temporal else None
+            nn.ModuleList(
+                [TemporalModule(channels, cfg.temporal_heads, groups, cfg.temporal_max_len, cfg.speed_dim)]
+            )
+            if cfg.temporal
+            else None
         )
 
     def forward(self, x, temb, inputs: FrameInputs):
         x = self.resnets[0](x, temb)
-        x = self.attentions[0](x, inputs.num_frames, inputs.reference, inputs.audio_tokens,
-                               inputs.collect and inputs.collect.spatial)
+        x = self.attentions[0](
+            x,
+            inputs.num_frames,
+            inputs.reference,
+            inputs.audio_tokens,
+            inputs.collect and inputs.collect.spatial,
+        )
         x = self._site(f"{self.name}.motion_modules.0", 0, x, inputs)  # AnimateDiff v2's mid-block module
         return self.resnets[1](x, temb)
 
 
 class UpBlock(_Block):
-    def __init__(self, name, prev_channels, out_channels, skip_channels, cfg, temb_dim, has_attention,
-                 add_upsample):
+    def __init__(
+        self, name, prev_channels, out_channels, skip_channels, cfg, temb_dim, has_attention, add_upsample
+    ):
         super().__init__()
-        self._build_layers(name, prev_channels, out_channels, cfg.layers_per_block + 1, cfg, temb_dim,
-                           has_attention, skip_channels=skip_channels)
+        self._build_layers(
+            name,
+            prev_channels,
+            out_channels,
+            cfg.layers_per_block + 1,
+            cfg,
+            temb_dim,
+            has_attention,
+            skip_channels=skip_channels,
+        )
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if add_upsample else None
 
     def forward(self, x, temb, inputs: FrameInputs, skips: list[torch.Tensor], upsample_size):
@@ -238,7 +279,9 @@ class EMOUNet(ModelMixin, ConfigMixin):
         if speed_dim and not temporal:
             raise ValueError("speed layers live inside temporal modules: set temporal=True or speed_dim=None")
         if any(c % norm_num_groups for c in block_out_channels):
-            raise ValueError(f"every block_out_channels entry must be divisible by norm_num_groups={norm_num_groups}")
+            raise ValueError(
+                f"every block_out_channels entry must be divisible by norm_num_groups={norm_num_groups}"
+            )
         cfg = self.config
         self.gradient_checkpointing = False
         channels = list(block_out_channels)
@@ -252,8 +295,17 @@ class EMOUNet(ModelMixin, ConfigMixin):
         for i, out_ch in enumerate(channels):
             final = i == len(channels) - 1
             in_ch = channels[max(i - 1, 0)]
-            self.down_blocks.append(DownBlock(f"down_blocks.{i}", in_ch, out_ch, cfg, temb_dim,
-                                              attention_blocks[i], add_downsample=not final))
+            self.down_blocks.append(
+                DownBlock(
+                    f"down_blocks.{i}",
+                    in_ch,
+                    out_ch,
+                    cfg,
+                    temb_dim,
+                    attention_blocks[i],
+                    add_downsample=not final,
+                )
+            )
             skip_channels += [out_ch] * layers_per_block + ([] if final else [out_ch])
 
         self.mid_block = MidBlock("mid_block", channels[-1], cfg, temb_dim)
@@ -265,8 +317,18 @@ class EMOUNet(ModelMixin, ConfigMixin):
         for i, out_ch in enumerate(reversed_channels):
             final = i == len(channels) - 1
             skips = [skip_channels.pop() for _ in range(layers_per_block + 1)]
-            self.up_blocks.append(UpBlock(f"up_blocks.{i}", prev, out_ch, skips, cfg, temb_dim,
-                                          reversed_attention[i], add_upsample=not final))
+            self.up_blocks.append(
+                UpBlock(
+                    f"up_blocks.{i}",
+                    prev,
+                    out_ch,
+                    skips,
+                    cfg,
+                    temb_dim,
+                    reversed_attention[i],
+                    add_upsample=not final,
+                )
+            )
             prev = out_ch
 
         if output_head:
@@ -295,7 +357,9 @@ class EMOUNet(ModelMixin, ConfigMixin):
             timestep = timestep.expand(batch)
         elif timestep.shape[0] != batch:  # one timestep per video -> one per frame
             timestep = timestep.repeat_interleave(inputs.num_frames)
-        temb = self.time_embedding(timestep_embedding(timestep, self.config.block_out_channels[0]).to(sample.dtype))
+        temb = self.time_embedding(
+            timestep_embedding(timestep, self.config.block_out_channels[0]).to(sample.dtype)
+        )
 
         x = self.conv_in(sample)
         if added_features is not None:

@@ -49,7 +49,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise EmoError(f"{path}: no such run or checkpoint directory")
     found = list_checkpoints(path)
     if not found:
-        raise EmoError(f"{path} holds no complete checkpoint (expected {CHECKPOINTS}/step_*/{STATE} from `emo train`)")
+        raise EmoError(
+            f"{path} holds no complete checkpoint (expected {CHECKPOINTS}/step_*/{STATE} from `emo train`)"
+        )
     return found[-1]
 
 
@@ -58,7 +60,9 @@ def load_trained_parameters(model, state: dict, source) -> None:
     params = dict(model.named_parameters())
     bad = [k for k in state if k not in params or params[k].shape != state[k].shape]
     if bad:
-        raise EmoError(f"{source} does not fit this network: e.g. {bad[0]} (was it written by another model preset?)")
+        raise EmoError(
+            f"{source} does not fit this network: e.g. {bad[0]} (was it written by another model preset?)"
+        )
     with torch.no_grad():
         for key, value in state.items():
             params[key].copy_(value)
@@ -92,19 +96,31 @@ class Checkpointer:
         existing = list_checkpoints(self.run_dir)
         if resume is None:
             if existing:
-                raise EmoError(f"{self.run_dir} already has checkpoints; pass --resume auto to continue it, or "
-                               "choose another run.output_dir")
+                raise EmoError(
+                    f"{self.run_dir} already has checkpoints; pass --resume auto to continue it, or "
+                    "choose another run.output_dir"
+                )
             return None
         if str(resume) == "auto":
             return existing[-1] if existing else None
         checkpoint = resolve_checkpoint(resume)
         if checkpoint.parent.parent.resolve() != self.run_dir.resolve():
-            raise EmoError(f"--resume {resume} belongs to run {checkpoint.parent.parent}, not run.output_dir "
-                           f"{self.run_dir}; set run.output_dir={checkpoint.parent.parent}")
+            raise EmoError(
+                f"--resume {resume} belongs to run {checkpoint.parent.parent}, not run.output_dir "
+                f"{self.run_dir}; set run.output_dir={checkpoint.parent.parent}"
+            )
         return checkpoint
 
-    def save(self, position: Position, trainable: dict, ema, optimizer, scheduler, stage: int,
-             components: list[str]) -> Path:
+    def save(
+        self,
+        position: Position,
+        trainable: dict,
+        ema,
+        optimizer,
+        scheduler,
+        stage: int,
+        components: list[str],
+    ) -> Path:
         """Write the checkpoint of ``position`` atomically; a full disk is one line naming it (no partial one)."""
         final = self.run_dir / CHECKPOINTS / f"step_{position.step:08d}"
         try:
@@ -115,10 +131,21 @@ class Checkpointer:
                 shutil.rmtree(final.with_name(f".tmp-{final.name}"), ignore_errors=True)
             raise
 
-    def _save(self, final: Path, position: Position, trainable: dict, ema, optimizer, scheduler, stage: int,
-              components: list[str]) -> Path:
+    def _save(
+        self,
+        final: Path,
+        position: Position,
+        trainable: dict,
+        ema,
+        optimizer,
+        scheduler,
+        stage: int,
+        components: list[str],
+    ) -> Path:
         acc = self.accelerator
-        temp = final.with_name(f".tmp-{final.name}")  # from the step alone (no pid): the same directory on every rank
+        temp = final.with_name(
+            f".tmp-{final.name}"
+        )  # from the step alone (no pid): the same directory on every rank
         if acc.is_main_process:
             shutil.rmtree(temp, ignore_errors=True)
             temp.mkdir(parents=True)
@@ -137,42 +164,72 @@ class Checkpointer:
             if not self.deepspeed:
                 torch.save(optimizer.state_dict(), temp / "optimizer.pt")
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-            state = {"step": position.step, "epoch": position.epoch, "batch": position.batch,
-                     "scheduler": scheduler.state_dict(), "scaler": scaler, "world_size": self.world,
-                     "components": components, "stage": stage}
+            state = {
+                "step": position.step,
+                "epoch": position.epoch,
+                "batch": position.batch,
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler,
+                "world_size": self.world,
+                "components": components,
+                "stage": stage,
+            }
             (temp / STATE).write_text(json.dumps(state, indent=2))  # last: marks the checkpoint complete
             if final.exists():  # rerunning a step after a resume: replace the old copy
                 shutil.rmtree(final)
             os.replace(temp, final)
-            for old in list_checkpoints(self.run_dir)[:-self.keep]:
+            for old in list_checkpoints(self.run_dir)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
             log.info("checkpoint %s", final)
         acc.wait_for_everyone()
         return final
 
-    def load(self, checkpoint: Path, model, trainable: dict, ema, optimizer, scheduler,
-             components: list[str], device) -> Position:
+    def load(
+        self,
+        checkpoint: Path,
+        model,
+        trainable: dict,
+        ema,
+        optimizer,
+        scheduler,
+        components: list[str],
+        device,
+    ) -> Position:
         state = json.loads((checkpoint / STATE).read_text())
         if sorted(state["components"]) != sorted(components):
-            raise EmoError(f"{checkpoint} trained {', '.join(state['components'])}, the config trains "
-                           f"{', '.join(components)}: resume with the run's own config")
+            raise EmoError(
+                f"{checkpoint} trained {', '.join(state['components'])}, the config trains "
+                f"{', '.join(components)}: resume with the run's own config"
+            )
         # Every rank of the saving run wrote its RNG state; one missing means the checkpoint is damaged. All
         # ranks check all files (same files, same verdict), so none is left waiting for the others.
-        missing = [f"rng_{r}.safetensors" for r in range(state["world_size"])
-                   if not (checkpoint / f"rng_{r}.safetensors").is_file()]
+        missing = [
+            f"rng_{r}.safetensors"
+            for r in range(state["world_size"])
+            if not (checkpoint / f"rng_{r}.safetensors").is_file()
+        ]
         if missing:
-            raise EmoError(f"{checkpoint} is incomplete: {', '.join(missing)} missing (it was written by "
-                           f"{state['world_size']} processes); resume from an earlier checkpoint")
+            raise EmoError(
+                f"{checkpoint} is incomplete: {', '.join(missing)} missing (it was written by "
+                f"{state['world_size']} processes); resume from an earlier checkpoint"
+            )
         if state["world_size"] != self.world:
-            log.warning("%s was written by %d processes, resuming on %d: the data order changes from here%s",
-                        checkpoint, state["world_size"], self.world,
-                        f" and ranks >= {state['world_size']} start from a fresh RNG state"
-                        if self.world > state["world_size"] else "")
+            log.warning(
+                "%s was written by %d processes, resuming on %d: the data order changes from here%s",
+                checkpoint,
+                state["world_size"],
+                self.world,
+                f" and ranks >= {state['world_size']} start from a fresh RNG state"
+                if self.world > state["world_size"]
+                else "",
+            )
         load_trained_parameters(model, load_file(str(checkpoint / TRAINABLE)), checkpoint)
         if self.deepspeed:
             self.accelerator.load_state(str(checkpoint / "deepspeed"))
         else:
-            optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
+            optimizer.load_state_dict(
+                torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+            )
         scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])

@@ -33,9 +33,13 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class InitConfig:
-    sd15: str | None = None  # stage 1: SD1.5 weights (diffusers folder or .safetensors/.ckpt); None = random (smoke runs)
+    sd15: str | None = (
+        None  # stage 1: SD1.5 weights (diffusers folder or .safetensors/.ckpt); None = random (smoke runs)
+    )
     checkpoint: str | None = None  # stages 2/3: the previous stage (export dir, run dir or checkpoint dir)
-    motion_module: str | None = None  # stage 2: AnimateDiff mm_sd_v15_v2 (.ckpt/.safetensors) or MotionAdapter folder
+    motion_module: str | None = (
+        None  # stage 2: AnimateDiff mm_sd_v15_v2 (.ckpt/.safetensors) or MotionAdapter folder
+    )
 
 
 @dataclass
@@ -44,14 +48,18 @@ class DataConfig:
     size: int | None = None  # resize frames to size² (None: the dataset's size; paper 512)
     num_motion_frames: int = 4  # n (stages 2/3)
     num_frames: int = 12  # f, current frames per clip (stages 2/3)
-    latents: bool = False  # read the dataset's cached latents (emo preprocess --codec) instead of encoding frames
+    latents: bool = (
+        False  # read the dataset's cached latents (emo preprocess --codec) instead of encoding frames
+    )
     num_workers: int = 2  # DataLoader worker processes per GPU
     validation_dataset: str | None = None  # fixed validation inputs come from here (None: `dataset`)
 
 
 @dataclass
 class TrainConfig:
-    components: list[str] = field(default_factory=list)  # what trains (emo.models.emo.COMPONENTS); [] = the stage's default
+    components: list[str] = field(
+        default_factory=list
+    )  # what trains (emo.models.emo.COMPONENTS); [] = the stage's default
     batch_size: int = 1  # per device, per micro-batch (paper total: 48 stage 1, 4 stages 2/3)
     gradient_accumulation: int = 1  # micro-batches per optimizer step
     max_steps: int = 30000  # optimizer steps
@@ -66,7 +74,9 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; master weights stay fp32)
     gradient_checkpointing: bool = False  # recompute UNet blocks in backward: less memory, ~30% slower
     noise_offset: float = 0.0  # add offset·N(0,1) per (video, channel) to the noise (0 = off)
-    snr_gamma: float | None = None  # min-SNR-γ loss weighting (Hang et al. 2023; 5.0 is usual); None = plain MSE
+    snr_gamma: float | None = (
+        None  # min-SNR-γ loss weighting (Hang et al. 2023; 5.0 is usual); None = plain MSE
+    )
     ema_decay: float | None = None  # keep an EMA of the trained weights (e.g. 0.9999); None = off
     drop_reference: float = 0.05  # P(reference image -> zero latent) (classifier-free guidance, EMO.md §3)
     drop_audio: float = 0.05  # P(audio features -> zeros) (stages 2/3)
@@ -114,29 +124,63 @@ class StageConfig:
         checks = [
             (self.stage in (1, 2, 3), "stage", f"must be 1, 2 or 3, got {self.stage}"),
             (self.model in PRESETS, "model", f"must be one of {', '.join(PRESETS)}, got {self.model!r}"),
-            (bool(self.codec), "codec", "is required (an SD VAE folder, a tiny-autoencoder folder, or taef2)"),
+            (
+                bool(self.codec),
+                "codec",
+                "is required (an SD VAE folder, a tiny-autoencoder folder, or taef2)",
+            ),
             (bool(d.dataset), "data.dataset", "is required (a directory made by `emo preprocess`)"),
-            (d.size is None or (d.size >= 16 and d.size % 8 == 0), "data.size", f"must be a multiple of 8, >= 16, got {d.size}"),
+            (
+                d.size is None or (d.size >= 16 and d.size % 8 == 0),
+                "data.size",
+                f"must be a multiple of 8, >= 16, got {d.size}",
+            ),
             (d.num_motion_frames >= 0, "data.num_motion_frames", f"must be >= 0, got {d.num_motion_frames}"),
             (d.num_frames >= 1, "data.num_frames", f"must be >= 1, got {d.num_frames}"),
             (d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}"),
-            (not (set(t.components) - set(COMPONENTS)), "train.components",
-             f"unknown component(s) {', '.join(sorted(set(t.components) - set(COMPONENTS)))}; known: {', '.join(COMPONENTS)}"),
+            (
+                not (set(t.components) - set(COMPONENTS)),
+                "train.components",
+                f"unknown component(s) {', '.join(sorted(set(t.components) - set(COMPONENTS)))}; known: {', '.join(COMPONENTS)}",
+            ),
             (t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}"),
-            (t.gradient_accumulation >= 1, "train.gradient_accumulation", f"must be >= 1, got {t.gradient_accumulation}"),
+            (
+                t.gradient_accumulation >= 1,
+                "train.gradient_accumulation",
+                f"must be >= 1, got {t.gradient_accumulation}",
+            ),
             (t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}"),
             (t.lr > 0 and math.isfinite(t.lr), "train.lr", f"must be > 0, got {t.lr}"),
-            (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}"),
+            (
+                t.lr_schedule in LR_SCHEDULES,
+                "train.lr_schedule",
+                f"must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}",
+            ),
             (t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}"),
-            (0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1/adam_beta2", "must be in [0, 1)"),
+            (
+                0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1,
+                "train.adam_beta1/adam_beta2",
+                "must be in [0, 1)",
+            ),
             (t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}"),
             (t.adam_eps > 0, "train.adam_eps", f"must be > 0, got {t.adam_eps}"),
             (t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0, got {t.max_grad_norm}"),
-            (t.mixed_precision in MIXED_PRECISION, "train.mixed_precision",
-             f"must be one of {', '.join(MIXED_PRECISION)}, got {t.mixed_precision!r}"),
+            (
+                t.mixed_precision in MIXED_PRECISION,
+                "train.mixed_precision",
+                f"must be one of {', '.join(MIXED_PRECISION)}, got {t.mixed_precision!r}",
+            ),
             (t.noise_offset >= 0, "train.noise_offset", f"must be >= 0, got {t.noise_offset}"),
-            (t.snr_gamma is None or t.snr_gamma > 0, "train.snr_gamma", f"must be > 0 or null, got {t.snr_gamma}"),
-            (t.ema_decay is None or 0 < t.ema_decay < 1, "train.ema_decay", f"must be in (0, 1) or null, got {t.ema_decay}"),
+            (
+                t.snr_gamma is None or t.snr_gamma > 0,
+                "train.snr_gamma",
+                f"must be > 0 or null, got {t.snr_gamma}",
+            ),
+            (
+                t.ema_decay is None or 0 < t.ema_decay < 1,
+                "train.ema_decay",
+                f"must be in (0, 1) or null, got {t.ema_decay}",
+            ),
             (r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}"),
             (r.keep_checkpoints >= 1, "run.keep_checkpoints", f"must be >= 1, got {r.keep_checkpoints}"),
             (r.validate_every >= 0, "run.validate_every", f"must be >= 0, got {r.validate_every}"),
@@ -147,14 +191,29 @@ class StageConfig:
         for name in ("drop_reference", "drop_audio", "drop_both", "drop_motion"):
             p = getattr(t, name)
             checks.append((0 <= p <= 1, f"train.{name}", f"must be a probability in [0, 1], got {p}"))
-        checks.append((t.drop_reference + t.drop_audio + t.drop_both <= 1, "train.drop_reference+drop_audio+drop_both",
-                       "must add up to at most 1 (they are exclusive events)"))
+        checks.append(
+            (
+                t.drop_reference + t.drop_audio + t.drop_both <= 1,
+                "train.drop_reference+drop_audio+drop_both",
+                "must add up to at most 1 (they are exclusive events)",
+            )
+        )
         if self.stage == 1:
-            checks.append((self.init.checkpoint is None or self.init.sd15 is None, "init",
-                           "stage 1 starts from init.sd15 or init.checkpoint, not both"))
+            checks.append(
+                (
+                    self.init.checkpoint is None or self.init.sd15 is None,
+                    "init",
+                    "stage 1 starts from init.sd15 or init.checkpoint, not both",
+                )
+            )
         else:
-            checks.append((self.init.checkpoint is not None, "init.checkpoint",
-                           f"stage {self.stage} starts from the previous stage: set init.checkpoint"))
+            checks.append(
+                (
+                    self.init.checkpoint is not None,
+                    "init.checkpoint",
+                    f"stage {self.stage} starts from the previous stage: set init.checkpoint",
+                )
+            )
         for ok, name, message in checks:
             if not ok:
                 raise EmoError(f"{name} {message}")
@@ -207,8 +266,10 @@ def _from_dict(cls, data, prefix: str = ""):
     unknown = sorted(set(data) - fields)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise EmoError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-                       f"known{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
+        raise EmoError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+            f"known{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}"
+        )
     values = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**values)
 

@@ -43,9 +43,15 @@ def load_trained_model(path: str | Path, use_ema: bool = True):
     return model
 
 
-def export(path: str | Path, out: str | Path, codec: str | Path | None = None,
-           audio_encoder: str | Path | None = None, use_ema: bool = True, overwrite: bool = False,
-           half: bool = False) -> Path:
+def export(
+    path: str | Path,
+    out: str | Path,
+    codec: str | Path | None = None,
+    audio_encoder: str | Path | None = None,
+    use_ema: bool = True,
+    overwrite: bool = False,
+    half: bool = False,
+) -> Path:
     """Write a run's (or checkpoint's) trained network to `out`, atomically, in the `--weights` layout.
 
     `codec` defaults to the run's (its config's `codec`): an SD VAE is copied as `vae/`, a tiny autoencoder
@@ -85,7 +91,9 @@ def export(path: str | Path, out: str | Path, codec: str | Path | None = None,
                 (temp / FRONT_END_RECORD).write_text(json.dumps(record_from_id(front_end), indent=2))
             if audio_encoder:
                 if not (Path(audio_encoder) / "config.json").is_file():
-                    raise EmoError(f"--audio-encoder {audio_encoder}: not a transformers wav2vec2 folder (no config.json)")
+                    raise EmoError(
+                        f"--audio-encoder {audio_encoder}: not a transformers wav2vec2 folder (no config.json)"
+                    )
                 shutil.copytree(audio_encoder, temp / "wav2vec2")
             if config is not None:
                 (temp / "training_config.json").write_text(json.dumps(config, indent=2))

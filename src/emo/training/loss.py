@@ -41,8 +41,9 @@ class TrainingModel(nn.Module):
         features = self.emo.reference_features(reference, motion, num_motion)
         if features.motion is not None and keep_motion is not None:
             keep = keep_motion.repeat_interleave(num_motion)[:, None, None, None]  # ((B n), 1, 1, 1)
-            features = type(features)(features.spatial, {k: v * keep.to(v.dtype) for k, v in features.motion.items()},
-                                       num_motion)
+            features = type(features)(
+                features.spatial, {k: v * keep.to(v.dtype) for k, v in features.motion.items()}, num_motion
+            )
         return self.emo(noisy, timesteps, cond, features)  # (B, F, C, h, w)
 
 
@@ -61,8 +62,15 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return torch.clamp(snr, max=gamma) / snr
 
 
-def denoising_loss(net: nn.Module, inputs: ModelInputs, schedule, alphas_cumprod: torch.Tensor, t: TrainConfig,
-                   gen: torch.Generator, device) -> torch.Tensor:
+def denoising_loss(
+    net: nn.Module,
+    inputs: ModelInputs,
+    schedule,
+    alphas_cumprod: torch.Tensor,
+    t: TrainConfig,
+    gen: torch.Generator,
+    device,
+) -> torch.Tensor:
     """EMO Eq. 1 on one micro-batch. ``net`` is the (accelerate-prepared) :class:`TrainingModel`; every
     random draw (noise, timesteps, condition dropout) comes from ``gen``."""
     target = inputs.target  # (B, F, C, h, w)
@@ -74,8 +82,9 @@ def denoising_loss(net: nn.Module, inputs: ModelInputs, schedule, alphas_cumprod
     timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen).to(device)
     noisy = schedule.add_noise(target.float(), noise, timesteps)
 
-    drop_ref, drop_audio = dropout_events(torch.rand(b, generator=gen), t.drop_reference, t.drop_audio,
-                                          t.drop_both)
+    drop_ref, drop_audio = dropout_events(
+        torch.rand(b, generator=gen), t.drop_reference, t.drop_audio, t.drop_both
+    )
     drop_ref, drop_audio = drop_ref.to(device), drop_audio.to(device)
     reference = inputs.reference * (~drop_ref).to(inputs.reference.dtype)[:, None, None, None]
     audio = inputs.audio

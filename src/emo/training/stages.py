@@ -49,13 +49,17 @@ def build_model(cfg: StageConfig):
         model = load_trained_model(cfg.init.checkpoint)
         log.info("stage %d starts from %s", cfg.stage, cfg.init.checkpoint)
     else:
-        torch.manual_seed(cfg.train.seed)  # new layers (Face Locator, projectors...) start the same on every run and rank
+        torch.manual_seed(
+            cfg.train.seed
+        )  # new layers (Face Locator, projectors...) start the same on every run and rank
         model = EMO.from_config(preset(cfg.model))
         if cfg.init.sd15 is not None:
             load_sd15(model, cfg.init.sd15)
         else:
-            log.warning("init.sd15 is not set: the backbone and ReferenceNet start from random weights "
-                        "(fine for smoke runs; real training starts from SD1.5)")
+            log.warning(
+                "init.sd15 is not set: the backbone and ReferenceNet start from random weights "
+                "(fine for smoke runs; real training starts from SD1.5)"
+            )
     if cfg.init.motion_module is not None:
         load_motion_module(model, cfg.init.motion_module)
     check_model_fits_data(model, cfg)
@@ -72,32 +76,49 @@ def check_model_fits_data(model, cfg: StageConfig) -> None:
     if not cfg.video:
         return
     m = audio_window(cfg)
-    windows = {"audio projector": model.audio_projector.config.window, "speed encoder": model.speed_encoder.config.window}
+    windows = {
+        "audio projector": model.audio_projector.config.window,
+        "speed encoder": model.speed_encoder.config.window,
+    }
     for what, size in windows.items():
         if size != 2 * m + 1:
-            raise EmoError(f"the network's {what} takes windows of {size} frames, the model preset {cfg.model!r} "
-                           f"windows the data over {2 * m + 1}: train with the preset the network was built with")
+            raise EmoError(
+                f"the network's {what} takes windows of {size} frames, the model preset {cfg.model!r} "
+                f"windows the data over {2 * m + 1}: train with the preset the network was built with"
+            )
     needed = cfg.data.num_motion_frames + cfg.data.num_frames
     if needed > model.backbone.config.temporal_max_len:
-        raise EmoError(f"data.num_motion_frames + data.num_frames = {needed} is more than the temporal modules' "
-                       f"{model.backbone.config.temporal_max_len} positions")
+        raise EmoError(
+            f"data.num_motion_frames + data.num_frames = {needed} is more than the temporal modules' "
+            f"{model.backbone.config.temporal_max_len} positions"
+        )
 
 
 def build_dataset(cfg: StageConfig, root: str | Path | None = None, seed: int | None = None):
     root = root or cfg.data.dataset
     seed = cfg.train.seed if seed is None else seed
     if not Path(root).is_dir():
-        raise EmoError(f"data.dataset {root} is not a directory; make one with `emo preprocess VIDEOS --out {root}`")
+        raise EmoError(
+            f"data.dataset {root} is not a directory; make one with `emo preprocess VIDEOS --out {root}`"
+        )
     if cfg.video:
         d = cfg.data
-        return VideoClipDataset(root, num_motion_frames=d.num_motion_frames, num_frames=d.num_frames,
-                                audio_window=audio_window(cfg), size=d.size, seed=seed, latents=d.latents)
+        return VideoClipDataset(
+            root,
+            num_motion_frames=d.num_motion_frames,
+            num_frames=d.num_frames,
+            audio_window=audio_window(cfg),
+            size=d.size,
+            seed=seed,
+            latents=d.latents,
+        )
     return Stage1Dataset(root, size=cfg.data.size, seed=seed, latents=cfg.data.latents)
 
 
 @torch.no_grad()
-def encode_batch(batch: dict, codec: LatentCodec, cfg: StageConfig, generator: torch.Generator, device,
-                 dtype) -> ModelInputs:
+def encode_batch(
+    batch: dict, codec: LatentCodec, cfg: StageConfig, generator: torch.Generator, device, dtype
+) -> ModelInputs:
     """Dataset items (pixels in [-1, 1]) -> latents and conditions.
 
     The target frames are a sample of the codec's posterior where it has one (the SD VAE, as in SD
@@ -123,10 +144,16 @@ def encode_batch(batch: dict, codec: LatentCodec, cfg: StageConfig, generator: t
     b = frames.shape[0]
     motion = None
     if n:
-        motion = rearrange(encode(rearrange(frames[:, :n], "b t c h w -> (b t) c h w"), sample=False),
-                           "(b t) c h w -> b t c h w", b=b)  # (B, n, C, h, w)
-    target = rearrange(encode(rearrange(frames[:, n:], "b t c h w -> (b t) c h w"), sample=True),
-                       "(b t) c h w -> b t c h w", b=b)  # (B, f, C, h, w)
+        motion = rearrange(
+            encode(rearrange(frames[:, :n], "b t c h w -> (b t) c h w"), sample=False),
+            "(b t) c h w -> b t c h w",
+            b=b,
+        )  # (B, n, C, h, w)
+    target = rearrange(
+        encode(rearrange(frames[:, n:], "b t c h w -> (b t) c h w"), sample=True),
+        "(b t) c h w -> b t c h w",
+        b=b,
+    )  # (B, f, C, h, w)
     audio = batch["audio"].to(device)  # (B, f, 2m+1, L, D)
     speed = batch["speed"].to(device) if cfg.stage >= 3 else None  # (B, f, 2m+1)
     return ModelInputs(target, reference, motion, n, audio, speed, mask)
@@ -137,26 +164,35 @@ def cached_inputs(batch: dict, cfg: StageConfig, device, dtype) -> ModelInputs:
     mask = batch["mask"].to(device)  # (B, 1, H, W)
     reference = batch["reference_latent"].to(device, dtype)  # (B, C, h, w)
     if not cfg.video:
-        return ModelInputs(batch["target_latent"].to(device, dtype)[:, None], reference, None, 0, None, None, mask)
+        return ModelInputs(
+            batch["target_latent"].to(device, dtype)[:, None], reference, None, 0, None, None, mask
+        )
     n = cfg.data.num_motion_frames
     latents = batch["latents"].to(device, dtype)  # (B, n+f, C, h, w)
     speed = batch["speed"].to(device) if cfg.stage >= 3 else None
-    return ModelInputs(latents[:, n:], reference, latents[:, :n] if n else None, n, batch["audio"].to(device), speed,
-                       mask)
+    return ModelInputs(
+        latents[:, n:], reference, latents[:, :n] if n else None, n, batch["audio"].to(device), speed, mask
+    )
 
 
 def check_cached_latents(root, codec: LatentCodec, spec: str) -> None:
     """Cached latents are used only with the codec that made them (the model decodes with it)."""
     if not Path(root).is_dir():
-        raise EmoError(f"data.dataset {root} is not a directory; make one with `emo preprocess VIDEOS --out {root}`")
+        raise EmoError(
+            f"data.dataset {root} is not a directory; make one with `emo preprocess VIDEOS --out {root}`"
+        )
     recorded = dataset_codec(root)
     if recorded is None:
-        raise EmoError(f"{root} has no cached latents (data.latents is true); make them with "
-                       f"`emo preprocess --add-latents --out {root} --codec {spec}`, or set data.latents: false")
+        raise EmoError(
+            f"{root} has no cached latents (data.latents is true); make them with "
+            f"`emo preprocess --add-latents --out {root} --codec {spec}`, or set data.latents: false"
+        )
     if recorded != codec.fingerprint():
-        raise EmoError(f"the latents of {root} were made by another codec ({recorded[:15]}...) than codec {spec}: "
-                       f"use that codec, or remake them with `emo preprocess --add-latents --codec {spec}` on a "
-                       "copy of the dataset")
+        raise EmoError(
+            f"the latents of {root} were made by another codec ({recorded[:15]}...) than codec {spec}: "
+            f"use that codec, or remake them with `emo preprocess --add-latents --codec {spec}` on a "
+            "copy of the dataset"
+        )
 
 
 def check_audio_features(inputs: ModelInputs, model) -> None:
@@ -164,9 +200,11 @@ def check_audio_features(inputs: ModelInputs, model) -> None:
         return
     proj = model.audio_projector.config
     if tuple(inputs.audio.shape[-2:]) != (proj.num_layers, proj.feature_dim):
-        raise EmoError(f"the dataset's audio features are {inputs.audio.shape[-2]} layers x {inputs.audio.shape[-1]}, "
-                       f"the model expects {proj.num_layers} x {proj.feature_dim}: compute them with the matching "
-                       "wav2vec2 (`emo preprocess --add-audio-features --audio-encoder DIR`)")
+        raise EmoError(
+            f"the dataset's audio features are {inputs.audio.shape[-2]} layers x {inputs.audio.shape[-1]}, "
+            f"the model expects {proj.num_layers} x {proj.feature_dim}: compute them with the matching "
+            "wav2vec2 (`emo preprocess --add-audio-features --audio-encoder DIR`)"
+        )
 
 
 def unused_parameters(net, model, cfg: StageConfig, device) -> list[str]:
@@ -185,12 +223,28 @@ def unused_parameters(net, model, cfg: StageConfig, device) -> list[str]:
     latent = torch.full((b, frames, c, h, h), 0.1, device=device)
     motion = torch.full((b, n, c, h, h), 0.1, device=device) if n else None
     proj = model.audio_projector.config
-    audio = torch.full((b, frames, proj.window, proj.num_layers, proj.feature_dim), 0.1, device=device) if cfg.video else None
-    speed = torch.full((b, frames, model.speed_encoder.config.window), 0.5, device=device) if cfg.stage >= 3 else None
+    audio = (
+        torch.full((b, frames, proj.window, proj.num_layers, proj.feature_dim), 0.1, device=device)
+        if cfg.video
+        else None
+    )
+    speed = (
+        torch.full((b, frames, model.speed_encoder.config.window), 0.5, device=device)
+        if cfg.stage >= 3
+        else None
+    )
     mask = torch.ones((b, 1, h * 8, h * 8), device=device)
     timesteps = torch.full((b,), 500, device=device)
     keep = torch.ones(b, device=device) if n else None
-    eps = net(latent, timesteps, latent[:, 0], motion, n, keep, Conditioning(audio=audio, speed=speed, face_mask=mask))
+    eps = net(
+        latent,
+        timesteps,
+        latent[:, 0],
+        motion,
+        n,
+        keep,
+        Conditioning(audio=audio, speed=speed, face_mask=mask),
+    )
     eps.float().sum().backward()
     unused = [k for k, p in model.named_parameters() if p.requires_grad and p.grad is None]
     model.zero_grad(set_to_none=True)

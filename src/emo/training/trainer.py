@@ -70,7 +70,9 @@ class EMA:
 class TrainResult:
     run_dir: Path
     step: int  # optimizer steps done
-    losses: dict[int, float] = field(default_factory=dict)  # step -> mean loss, for the steps run by this call
+    losses: dict[int, float] = field(
+        default_factory=dict
+    )  # step -> mean loss, for the steps run by this call
     last_checkpoint: Path | None = None
 
 
@@ -99,9 +101,11 @@ def reconcile_deepspeed_config(ds_config: dict, train: TrainConfig, num_processe
     when the config names a number; "auto" is filled in by accelerate from the values written here.
     """
     # gradient_clipping 0.0: DeepSpeed does not clip, as train.max_grad_norm 0 (measure only)
-    wanted = {"train_micro_batch_size_per_gpu": train.batch_size,
-              "gradient_accumulation_steps": train.gradient_accumulation,
-              "gradient_clipping": float(train.max_grad_norm)}
+    wanted = {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation,
+        "gradient_clipping": float(train.max_grad_norm),
+    }
     if ds_config.get("train_batch_size", "auto") != "auto":
         wanted["train_batch_size"] = train.batch_size * train.gradient_accumulation * num_processes
     changed = []
@@ -126,17 +130,23 @@ class Trainer:
     def __init__(self, cfg: StageConfig, dataset=None, codec: LatentCodec | None = None, model=None):
         self.cfg = cfg
         self.run_dir = Path(cfg.run.output_dir)
-        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
-                                       gradient_accumulation_steps=cfg.train.gradient_accumulation)
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.gradient_accumulation,
+        )
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         if cfg.train.mixed_precision == "fp16" and self.device.type == "cpu":
             # accelerate runs fp16 on a CPU with neither autocast nor loss scaling: only the inputs would be
             # half, which is neither the fp16 training asked for nor a tested path.
-            raise EmoError("train.mixed_precision fp16 needs a GPU (accelerate has no fp16 autocast or grad "
-                           "scaler on the CPU); on a CPU use bf16 or no")
-        self.dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+            raise EmoError(
+                "train.mixed_precision fp16 needs a GPU (accelerate has no fp16 autocast or grad "
+                "scaler on the CPU); on a CPU use bf16 or no"
+            )
+        self.dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            cfg.train.mixed_precision
+        ]
         self.checkpoints = Checkpointer(self.run_dir, self.accelerator, cfg.run.keep_checkpoints)
         self._dataset = dataset
         self._codec = codec
@@ -157,8 +167,10 @@ class Trainer:
         self.dataset = self._dataset if self._dataset is not None else build_dataset(cfg)
         self.batches_per_epoch = len(self.dataset) // (cfg.train.batch_size * self.world)
         if self.batches_per_epoch == 0:
-            raise EmoError(f"the dataset has {len(self.dataset)} items, fewer than one global batch "
-                           f"(train.batch_size {cfg.train.batch_size} x {self.world} processes)")
+            raise EmoError(
+                f"the dataset has {len(self.dataset)} items, fewer than one global batch "
+                f"(train.batch_size {cfg.train.batch_size} x {self.world} processes)"
+            )
         if self._model is not None:
             model = self._model
         elif resume is not None:
@@ -173,22 +185,35 @@ class Trainer:
         model.to(self.device)
         self.unused = unused_parameters(TrainingModel(model), model, cfg, self.device)
         if self.unused:
-            log.warning("%d parameters of %s do not affect this stage's loss and stay frozen (e.g. %s)",
-                        len(self.unused), ", ".join(cfg.components), self.unused[0])
+            log.warning(
+                "%d parameters of %s do not affect this stage's loss and stay frozen (e.g. %s)",
+                len(self.unused),
+                ", ".join(cfg.components),
+                self.unused[0],
+            )
         unused = set(self.unused)
         self.trainable = {k: p for k, p in model.named_parameters() if p.requires_grad and k not in unused}
         for k in unused:
             model.get_parameter(k).requires_grad_(False)
         trainable = list(self.trainable.values())
-        log.info("training %s: %.2fM of %.2fM parameters", ", ".join(cfg.components),
-                 sum(p.numel() for p in trainable) / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
+        log.info(
+            "training %s: %.2fM of %.2fM parameters",
+            ", ".join(cfg.components),
+            sum(p.numel() for p in trainable) / 1e6,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
         if cfg.train.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         model.train()
 
         t = cfg.train
-        optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
-                                      weight_decay=t.weight_decay, eps=t.adam_eps)
+        optimizer = torch.optim.AdamW(
+            list(self.trainable.values()),
+            lr=t.lr,
+            betas=(t.adam_beta1, t.adam_beta2),
+            weight_decay=t.weight_decay,
+            eps=t.adam_eps,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         plugin = acc.state.deepspeed_plugin
         if plugin is not None:  # the stage config decides batch, accumulation and clipping, not DeepSpeed's
@@ -199,8 +224,11 @@ class Trainer:
         if acc.gradient_accumulation_steps != t.gradient_accumulation:
             # ACCELERATE_GRADIENT_ACCUMULATION_STEPS (from an accelerate config) overrides what Accelerator()
             # was given; the loop below accumulates train.gradient_accumulation micro-batches.
-            log.warning("accelerate was set to accumulate %d micro-batches; using train.gradient_accumulation %d",
-                        acc.gradient_accumulation_steps, t.gradient_accumulation)
+            log.warning(
+                "accelerate was set to accumulate %d micro-batches; using train.gradient_accumulation %d",
+                acc.gradient_accumulation_steps,
+                t.gradient_accumulation,
+            )
             acc.gradient_accumulation_steps = t.gradient_accumulation
         self.net, self.optimizer = acc.prepare(TrainingModel(model), optimizer)
         self.ema = EMA(self.trainable, t.ema_decay) if t.ema_decay is not None else None
@@ -233,12 +261,18 @@ class Trainer:
         cfg = self.cfg
         bs, epoch, start = cfg.train.batch_size, position.epoch, position.batch
         while True:
-            order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(cfg.train.seed + epoch))
-            batches = [order[(b * self.world + self.rank) * bs:(b * self.world + self.rank + 1) * bs].tolist()
-                       for b in range(start, self.batches_per_epoch)]
+            order = torch.randperm(
+                len(self.dataset), generator=torch.Generator().manual_seed(cfg.train.seed + epoch)
+            )
+            batches = [
+                order[(b * self.world + self.rank) * bs : (b * self.world + self.rank + 1) * bs].tolist()
+                for b in range(start, self.batches_per_epoch)
+            ]
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.data.num_workers)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=batches, num_workers=cfg.data.num_workers
+            )
             for b, batch in enumerate(loader, start=start):
                 yield epoch, b, batch
             epoch, start = epoch + 1, 0
@@ -264,8 +298,13 @@ class Trainer:
         batches = self._batches(position)
         if checkpoint is None and r.validate_every:
             self.validate(0)  # the starting point of the validation curve
-        bar = tqdm(total=end, initial=position.step, desc=f"stage {self.cfg.stage}", unit="step",
-                   disable=not acc.is_main_process)
+        bar = tqdm(
+            total=end,
+            initial=position.step,
+            desc=f"stage {self.cfg.stage}",
+            unit="step",
+            disable=not acc.is_main_process,
+        )
         with DeferredTermination() as termination:
             self._train_steps(position, end, batches, bar, result, termination)
         bar.close()
@@ -273,8 +312,15 @@ class Trainer:
         self._close()
         return result
 
-    def _train_steps(self, position: Position, end: int, batches, bar, result: TrainResult,
-                     termination: DeferredTermination) -> None:
+    def _train_steps(
+        self,
+        position: Position,
+        end: int,
+        batches,
+        bar,
+        result: TrainResult,
+        termination: DeferredTermination,
+    ) -> None:
         """Optimizer steps until `end`; on SIGTERM / SIGHUP (to any rank) the step in flight finishes, is
         checkpointed, and Terminated is raised."""
         acc, t, r = self.accelerator, self.cfg.train, self.cfg.run
@@ -287,7 +333,9 @@ class Trainer:
                 inputs = encode_batch(batch, self.codec, self.cfg, gen, self.device, self.dtype)
                 check_audio_features(inputs, self.model)
                 with acc.accumulate(self.net):
-                    loss = denoising_loss(self.net, inputs, self.noise, self.alphas_cumprod, t, gen, self.device)
+                    loss = denoising_loss(
+                        self.net, inputs, self.noise, self.alphas_cumprod, t, gen, self.device
+                    )
                     mean_loss = acc.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(mean_loss):
                         self._close()
@@ -295,14 +343,19 @@ class Trainer:
                             f"non-finite loss ({mean_loss}) at step {position.step + 1}: training stopped; the last "
                             f"good checkpoint is {result.last_checkpoint or 'none (none written yet)'}; resume from it "
                             "with a lower train.lr, a smaller train.max_grad_norm or train.mixed_precision=bf16, "
-                            "and check the data")
+                            "and check the data"
+                        )
                     acc.backward(loss)
                     step_losses.append(mean_loss)
                     if acc.sync_gradients:
-                        norm = acc.clip_grad_norm_(list(self.trainable.values()), t.max_grad_norm or float("inf"))
+                        norm = acc.clip_grad_norm_(
+                            list(self.trainable.values()), t.max_grad_norm or float("inf")
+                        )
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                position.epoch, position.batch = (epoch, b + 1) if b + 1 < self.batches_per_epoch else (epoch + 1, 0)
+                position.epoch, position.batch = (
+                    (epoch, b + 1) if b + 1 < self.batches_per_epoch else (epoch + 1, 0)
+                )
             if not acc.sync_gradients:
                 raise RuntimeError("gradient accumulation out of step with the optimizer")
             lr = self.scheduler.get_last_lr()[0]  # the rate this step used
@@ -317,13 +370,24 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_value:.4f}")
             signum = self._termination_signal(termination)
             if position.step % r.checkpoint_every == 0 or position.step == end or signum:
-                result.last_checkpoint = self.checkpoints.save(position, self.trainable, self.ema, self.optimizer,
-                                                               self.scheduler, self.cfg.stage, self.cfg.components)
+                result.last_checkpoint = self.checkpoints.save(
+                    position,
+                    self.trainable,
+                    self.ema,
+                    self.optimizer,
+                    self.scheduler,
+                    self.cfg.stage,
+                    self.cfg.components,
+                )
             if signum:
                 bar.close()
                 self._close()
-                log.warning("%s: stopped after step %d, checkpoint %s; continue with --resume auto",
-                            Terminated(signum).name, position.step, result.last_checkpoint)
+                log.warning(
+                    "%s: stopped after step %d, checkpoint %s; continue with --resume auto",
+                    Terminated(signum).name,
+                    position.step,
+                    result.last_checkpoint,
+                )
                 raise Terminated(signum)
             if r.validate_every and position.step % r.validate_every == 0:
                 self.validate(position.step)
@@ -368,9 +432,15 @@ class Trainer:
             from emo.resources import peak_rss_mib
 
             memory = peak_rss_mib()
-        record = {"step": step, "loss": loss, "lr": lr,
-                  "grad_norm": float(norm) if norm is not None else None, "samples_per_s": samples / seconds,
-                  "step_s": seconds, "memory_mib": memory}
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(norm) if norm is not None else None,
+            "samples_per_s": samples / seconds,
+            "step_s": seconds,
+            "memory_mib": memory,
+        }
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if step % self.cfg.run.log_every == 0 or step == 1:
@@ -381,21 +451,38 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _load_checkpoint(self, checkpoint: Path) -> Position:
-        return self.checkpoints.load(checkpoint, self.model, self.trainable, self.ema, self.optimizer,
-                                     self.scheduler, self.cfg.components, self.device)
+        return self.checkpoints.load(
+            checkpoint,
+            self.model,
+            self.trainable,
+            self.ema,
+            self.optimizer,
+            self.scheduler,
+            self.cfg.components,
+            self.device,
+        )
 
     # -- validation --------------------------------------------------------------------------------
     def _fixed_inputs(self) -> ModelInputs:
         """Item 0 (epoch 0) of the validation data, encoded once with a fixed generator."""
         if self._validation_inputs is None:
             cfg = self.cfg
-            data = (build_dataset(cfg, cfg.data.validation_dataset or cfg.data.dataset)
-                    if self._dataset is None or cfg.data.validation_dataset else self.dataset)
+            data = (
+                build_dataset(cfg, cfg.data.validation_dataset or cfg.data.dataset)
+                if self._dataset is None or cfg.data.validation_dataset
+                else self.dataset
+            )
             if hasattr(data, "set_epoch"):
                 data.set_epoch(0)
             batch = torch.utils.data.default_collate([data[0]])
-            self._validation_inputs = encode_batch(batch, self.codec, cfg, step_generator(cfg.train.seed, 0, VALIDATION_STEP, 0),
-                                                   self.device, self.dtype)
+            self._validation_inputs = encode_batch(
+                batch,
+                self.codec,
+                cfg,
+                step_generator(cfg.train.seed, 0, VALIDATION_STEP, 0),
+                self.device,
+                self.dtype,
+            )
         return self._validation_inputs
 
     @torch.no_grad()
@@ -406,17 +493,23 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.train.seed)
         shape = inputs.target.shape[1:]
         noise = torch.randn((points, *shape), generator=gen).to(self.device)  # (P, F, C, h, w)
-        timesteps = torch.linspace(0, NUM_TRAIN_TIMESTEPS - 1, points + 2)[1:-1].round().long().to(self.device)
+        timesteps = (
+            torch.linspace(0, NUM_TRAIN_TIMESTEPS - 1, points + 2)[1:-1].round().long().to(self.device)
+        )
         target = inputs.target.float().expand(points, *shape)
         noisy = self.noise.add_noise(target, noise, timesteps)
 
         def repeat(x):
             return None if x is None else x.expand(points, *x.shape[1:])
 
-        cond = Conditioning(audio=repeat(inputs.audio), speed=repeat(inputs.speed), face_mask=repeat(inputs.mask))
+        cond = Conditioning(
+            audio=repeat(inputs.audio), speed=repeat(inputs.speed), face_mask=repeat(inputs.mask)
+        )
         self.model.eval()
         with self.accelerator.autocast():
-            features = self.model.reference_features(repeat(inputs.reference), repeat(inputs.motion), inputs.num_motion)
+            features = self.model.reference_features(
+                repeat(inputs.reference), repeat(inputs.motion), inputs.num_motion
+            )
             eps = self.model(noisy, timesteps, cond, features).float()
         self.model.train()
         return (eps - noise).pow(2).mean().item()
@@ -433,18 +526,25 @@ class Trainer:
         val_loss = self.validation_loss()
         model = self.model
         model.eval()
-        noise = torch.randn(inputs.target.shape, generator=torch.Generator().manual_seed(cfg.train.seed)).to(self.device)
+        noise = torch.randn(inputs.target.shape, generator=torch.Generator().manual_seed(cfg.train.seed)).to(
+            self.device
+        )
         cond = Conditioning(audio=inputs.audio, speed=inputs.speed, face_mask=inputs.mask)
         with self.accelerator.autocast():
             features = model.reference_features(inputs.reference, inputs.motion, inputs.num_motion)
-            latents = sample(lambda x, t: model(x, t.reshape(1).to(self.device), cond, features).float(), noise,
-                             "ddim", cfg.run.validation_steps)
+            latents = sample(
+                lambda x, t: model(x, t.reshape(1).to(self.device), cond, features).float(),
+                noise,
+                "ddim",
+                cfg.run.validation_steps,
+            )
             pixels = self.codec.decode(latents[0].to(self.dtype))  # (F, 3, H, W)
         model.train()
         frames = to_uint8_frames(pixels).cpu()  # (F, 3, H, W)
         path = self.run_dir / "samples" / f"step_{step:08d}.mp4"
-        with VideoWriter(path, fps=30.0, width=frames.shape[-1], height=frames.shape[-2], overwrite=True,
-                         preset="veryfast") as writer:
+        with VideoWriter(
+            path, fps=30.0, width=frames.shape[-1], height=frames.shape[-2], overwrite=True, preset="veryfast"
+        ) as writer:
             for frame in frames.permute(0, 2, 3, 1).numpy():
                 writer.write(frame)
         self.writer.add_images("validation/frames", frames, step)

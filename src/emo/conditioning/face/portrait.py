@@ -93,7 +93,12 @@ def prepare_portrait(
         logger.warning(
             "%s: the face is only %.0fx%.0f px (under %d px high); its crop is upscaled %.1fx to %d², so "
             "expect a blurry video: use a larger or closer portrait",
-            path, face_w, face_h, MIN_FACE_PX, size / max(crop.width, 1.0), size,
+            path,
+            face_w,
+            face_h,
+            MIN_FACE_PX,
+            size / max(crop.width, 1.0),
+            size,
         )
     return Portrait(
         image=crop_and_resize(image, crop, size),
