@@ -346,11 +346,10 @@ def test_safetensors_on_a_full_disk_is_a_write_error_and_leaves_nothing(small_di
 def test_a_full_disk_while_preprocessing_stops_the_run_instead_of_failing_the_video(tmp_path):
     """A video whose clip cannot be written is not a bad video: the run stops with the disk's one line and
     nothing is recorded, so a rerun on a disk with room processes it."""
-    from preprocess_helpers import process_on_a_full_disk
-
     from emo.data.dataset_config import PreprocessConfig
     from emo.data.preprocess import run_preprocess
     from emo.media import WriteError
+    from preprocess_helpers import process_on_a_full_disk
 
     out = tmp_path / "ds"
     with pytest.raises(WriteError, match="no space left on device writing"):
