@@ -143,9 +143,8 @@ class Checkpointer:
         components: list[str],
     ) -> Path:
         acc = self.accelerator
-        temp = final.with_name(
-            f".tmp-{final.name}"
-        )  # from the step alone (no pid): the same directory on every rank
+        # From the step alone (no pid): the same directory on every rank.
+        temp = final.with_name(f".tmp-{final.name}")
         if acc.is_main_process:
             shutil.rmtree(temp, ignore_errors=True)
             temp.mkdir(parents=True)
