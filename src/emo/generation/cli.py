@@ -17,12 +17,12 @@ import csv
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
 from emo.devices import resolve_device
 from emo.errors import EmoError
+from emo.media import check_output
 
 HELP = "portrait + audio -> talking/singing mp4"
 log = logging.getLogger(__name__)
@@ -233,22 +233,6 @@ def _number(value) -> int | float | None:
     return None
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    """Fail now, before the model loads, if OUT cannot be written; create nothing yet (the writer makes the
-    folder once the inputs have been read)."""
-    if out.exists() and not overwrite:
-        raise EmoError(f"{out} exists; pass --overwrite to replace it")
-    if out.is_dir():
-        raise EmoError(f"{out} is a directory; give a file name")
-    existing = out.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise EmoError(f"cannot create the output folder {out.parent}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK):
-        raise EmoError(f"cannot write {out}: folder {existing} is not writable")
-
-
 def load_pipeline(args):
     """The pipeline the model flags (`add_model_arguments`) describe, loaded once."""
     from emo.generation.pipeline import EMOPipeline
@@ -317,7 +301,7 @@ def run(args) -> int:
             for key in ("image", "audio"):
                 if not Path(job[key]).is_file():
                     raise EmoError(f"{key} file not found: {job[key]}")
-            _check_output(Path(job["out"]), args.overwrite)
+            check_output(job["out"], args.overwrite)
         except EmoError as exc:
             raise EmoError(f"--batch {args.batch}: job {i}: {exc}" if args.batch else str(exc)) from None
         options.append(opts)

@@ -19,6 +19,7 @@ from emo.media.files import (
     WriteError,
     atomic_path,
     atomic_write_bytes,
+    check_output,
     write_error,
     writing,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "WriteError",
     "atomic_path",
     "atomic_write_bytes",
+    "check_output",
     "image_to_rgb",
     "iter_video_frames",
     "load_audio",

@@ -72,18 +72,31 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
 
 
-def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
+def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail now (before any long work) if ``path`` cannot be written; creates nothing. The one home of the
+    "exists; pass --overwrite" rule."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise EmoError(f"{path} exists; pass --overwrite to replace it")
     if path.is_dir():
         raise EmoError(f"{path} is a directory; give a file name")
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EmoError(f"cannot create the output folder {path.parent}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise EmoError(f"cannot write {path}: folder {existing} is not writable")
+    return path
+
+
+def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """:func:`check_output`, then create the folder ``path`` goes in."""
+    path = check_output(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EmoError(f"cannot create the directory for {path}: {exc.strerror or exc}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise EmoError(f"cannot write {path}: directory {path.parent} is not writable")
     return path
 
 

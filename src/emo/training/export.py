@@ -61,7 +61,7 @@ def export(
     in the precision it is asked for).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite:  # a folder: check_output's file rules do not apply
         raise EmoError(f"{out} exists; pass --overwrite to replace it")
     model = load_trained_model(path, use_ema=use_ema)
     config, front_end = None, None

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from emo.codec import LatentCodec, load_codec, to_uint8_frames
+from emo.data.dataset_config import PreprocessConfig
 from emo.errors import EmoError
 from emo.media import VideoWriter
 from emo.models import EMO, Conditioning
@@ -475,6 +476,10 @@ class Trainer:
             if hasattr(data, "set_epoch"):
                 data.set_epoch(0)
             batch = torch.utils.data.default_collate([data[0]])
+            # The sample video plays at the frame rate of the clip it comes from (datasets given directly, such
+            # as the benchmarks' synthetic clips, have no clips: the preprocessing default).
+            clips = getattr(data, "clips", None)
+            self._validation_fps = float(clips[0]["fps"]) if clips else PreprocessConfig().fps
             self._validation_inputs = encode_batch(
                 batch,
                 self.codec,
@@ -543,7 +548,12 @@ class Trainer:
         frames = to_uint8_frames(pixels).cpu()  # (F, 3, H, W)
         path = self.run_dir / "samples" / f"step_{step:08d}.mp4"
         with VideoWriter(
-            path, fps=30.0, width=frames.shape[-1], height=frames.shape[-2], overwrite=True, preset="veryfast"
+            path,
+            fps=self._validation_fps,
+            width=frames.shape[-1],
+            height=frames.shape[-2],
+            overwrite=True,
+            preset="veryfast",
         ) as writer:
             for frame in frames.permute(0, 2, 3, 1).numpy():
                 writer.write(frame)
