@@ -68,6 +68,8 @@ def test_without_weights_learned_metrics_are_unavailable_with_their_flag(dirs, t
     assert per_video["noisy"]["ssim"] < per_video["same"]["ssim"]
     assert metrics["lmk_expr_fd"]["status"] == "ok" and metrics["lmk_expr_fd"]["value"] >= 0
     assert metrics["mouth_audio_corr"]["status"] == "ok" and -1 <= metrics["mouth_audio_corr"]["value"] <= 1
+    control = metrics["mouth_audio_corr_other_audio"]  # each generated video against the other's audio
+    assert control["status"] == "ok" and -1 <= control["value"] <= 1
     assert metrics["head_mean_velocity"]["value"] > 0
     assert metrics["reference_head_mean_velocity"]["value"] == pytest.approx(
         per_video["same"]["reference_head_velocity"] / 2 + per_video["noisy"]["reference_head_velocity"] / 2,

@@ -244,13 +244,24 @@ def test_mouth_audio_correlation_finds_the_lag_of_a_delayed_mouth():
 
 def test_mouth_audio_proxy_prefers_the_videos_own_audio():
     from emo.conditioning.face import FaceAnalyzer
-    from emo.eval.mouth import audio_loudness, mouth_audio_correlation, mouth_opening
+    from emo.eval.mouth import band_loudness, mouth_audio_correlation, mouth_opening
     from emo.media import iter_video_frames, load_audio
 
     path = Path(__file__).parent / "data" / "hdtf_speech_256_4s.mp4"
     with FaceAnalyzer() as analyzer:
         opening = mouth_opening(list(analyzer.analyze_video(iter_video_frames(path))))
     audio = load_audio(path)
-    own, _ = mouth_audio_correlation(opening, audio_loudness(audio, 16000, 25.0, len(opening)))
-    other, _ = mouth_audio_correlation(opening, audio_loudness(audio[::-1].copy(), 16000, 25.0, len(opening)))
+    own, _ = mouth_audio_correlation(opening, band_loudness(audio, 16000, 25.0, len(opening)))
+    other, _ = mouth_audio_correlation(opening, band_loudness(audio[::-1].copy(), 16000, 25.0, len(opening)))
     assert own > 0.2 and own > other + 0.2
+
+
+def test_speech_band_loudness_hears_the_voice_band_only():
+    from emo.eval.mouth import band_loudness
+
+    t = np.arange(16000) / 16000  # 1 s at 16 kHz, 25 frames of 40 ms
+    voice, hum, hiss = (np.sin(2 * np.pi * f * t) for f in (1000.0, 50.0, 7000.0))
+    gate = np.repeat([0.0, 1.0] * 12 + [0.0], 640)  # the voice on in every other frame
+    loud = band_loudness(gate * voice + hum + hiss, 16000, 25.0, 25)
+    on, off = loud[1:-1:2], loud[2:-1:2]
+    assert on.min() > 0.6 and off.max() < 0.1  # ~0.71 = a unit sine's RMS; hum and hiss barely pass
