@@ -11,6 +11,7 @@ distribution.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -100,3 +101,10 @@ def denoising_loss(
     if t.snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(alphas_cumprod, timesteps, t.snr_gamma)
     return per_sample.mean()
+
+
+def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
+    """The generator of every random draw of one micro-batch (codec sample, noise, timesteps, dropout): a
+    function of (seed, rank, step, micro-batch) alone, so a resumed run draws what the uninterrupted one did."""
+    value = int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(value)

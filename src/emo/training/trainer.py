@@ -29,16 +29,14 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from emo.codec import LatentCodec, load_codec, to_uint8_frames
-from emo.data.dataset_config import PreprocessConfig
+from emo.codec import LatentCodec, load_codec
 from emo.errors import EmoError
-from emo.media import VideoWriter
-from emo.models import EMO, Conditioning
-from emo.sampling import NUM_TRAIN_TIMESTEPS, sample, training_schedule
+from emo.models import EMO
+from emo.sampling import training_schedule
 from emo.termination import DeferredTermination, Terminated
 from emo.training.checkpoints import BASE, Checkpointer, Position
 from emo.training.config import StageConfig, TrainConfig
-from emo.training.loss import TrainingModel, denoising_loss
+from emo.training.loss import TrainingModel, denoising_loss, step_generator
 from emo.training.stages import (
     ModelInputs,
     build_dataset,
@@ -48,10 +46,9 @@ from emo.training.stages import (
     encode_batch,
     unused_parameters,
 )
+from emo.training.validation import FixedInputs, fixed_inputs, sample_video, validation_loss, write_sample
 
 log = logging.getLogger(__name__)
-
-VALIDATION_STEP = 2**40  # seeds the validation inputs: a step number training never reaches
 
 
 class EMA:
@@ -116,11 +113,6 @@ def reconcile_deepspeed_config(ds_config: dict, train: TrainConfig, num_processe
             changed.append(f"{key}: {old} -> {value}")
         ds_config[key] = value
     return changed
-
-
-def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
-    value = int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(value)
 
 
 class Trainer:
@@ -463,9 +455,8 @@ class Trainer:
             self.device,
         )
 
-    # -- validation --------------------------------------------------------------------------------
-    def _fixed_inputs(self) -> ModelInputs:
-        """Item 0 (epoch 0) of the validation data, encoded once with a fixed generator."""
+    # -- validation (emo.training.validation) ------------------------------------------------------
+    def _fixed_inputs(self) -> FixedInputs:
         if self._validation_inputs is None:
             cfg = self.cfg
             data = (
@@ -473,90 +464,25 @@ class Trainer:
                 if self._dataset is None or cfg.data.validation_dataset
                 else self.dataset
             )
-            if hasattr(data, "set_epoch"):
-                data.set_epoch(0)
-            batch = torch.utils.data.default_collate([data[0]])
-            # The sample video plays at the frame rate of the clip it comes from (datasets given directly, such
-            # as the benchmarks' synthetic clips, have no clips: the preprocessing default).
-            clips = getattr(data, "clips", None)
-            self._validation_fps = float(clips[0]["fps"]) if clips else PreprocessConfig().fps
-            self._validation_inputs = encode_batch(
-                batch,
-                self.codec,
-                cfg,
-                step_generator(cfg.train.seed, 0, VALIDATION_STEP, 0),
-                self.device,
-                self.dtype,
-            )
+            self._validation_inputs = fixed_inputs(data, self.codec, cfg, self.device, self.dtype)
         return self._validation_inputs
 
-    @torch.no_grad()
     def validation_loss(self, points: int = 8) -> float:
-        """The loss on the fixed validation inputs at `points` timesteps spread over [0, 1000), with fixed
-        noise and no condition dropout: comparable from step to step (the training loss is not)."""
-        inputs = self._fixed_inputs()
-        gen = torch.Generator().manual_seed(self.cfg.train.seed)
-        shape = inputs.target.shape[1:]
-        noise = torch.randn((points, *shape), generator=gen).to(self.device)  # (P, F, C, h, w)
-        timesteps = (
-            torch.linspace(0, NUM_TRAIN_TIMESTEPS - 1, points + 2)[1:-1].round().long().to(self.device)
-        )
-        target = inputs.target.float().expand(points, *shape)
-        noisy = self.noise.add_noise(target, noise, timesteps)
+        """The loss on the fixed validation inputs (see :func:`emo.training.validation.validation_loss`)."""
+        return validation_loss(self.model, self._fixed_inputs().inputs, self.noise, self.accelerator,
+                               self.cfg.train.seed, self.device, points)  # fmt: skip
 
-        def repeat(x):
-            return None if x is None else x.expand(points, *x.shape[1:])
-
-        cond = Conditioning(
-            audio=repeat(inputs.audio), speed=repeat(inputs.speed), face_mask=repeat(inputs.mask)
-        )
-        self.model.eval()
-        with self.accelerator.autocast():
-            features = self.model.reference_features(
-                repeat(inputs.reference), repeat(inputs.motion), inputs.num_motion
-            )
-            eps = self.model(noisy, timesteps, cond, features).float()
-        self.model.train()
-        return (eps - noise).pow(2).mean().item()
-
-    @torch.no_grad()
     def validate(self, step: int) -> Path | None:
-        """Denoise fixed inputs (item 0 of the validation data, fixed noise) with DDIM and save the video to
+        """Denoise the fixed validation inputs with DDIM as generation does and save the video to
         `samples/step_XXXXXXXX.mp4`; its frames and the validation loss go to TensorBoard and metrics.jsonl.
         Main process only."""
         if not self.accelerator.is_main_process:
             return None
-        cfg = self.cfg
-        inputs = self._fixed_inputs()
+        fixed = self._fixed_inputs()
         val_loss = self.validation_loss()
-        model = self.model
-        model.eval()
-        noise = torch.randn(inputs.target.shape, generator=torch.Generator().manual_seed(cfg.train.seed)).to(
-            self.device
-        )
-        cond = Conditioning(audio=inputs.audio, speed=inputs.speed, face_mask=inputs.mask)
-        with self.accelerator.autocast():
-            features = model.reference_features(inputs.reference, inputs.motion, inputs.num_motion)
-            latents = sample(
-                lambda x, t: model(x, t.reshape(1).to(self.device), cond, features).float(),
-                noise,
-                "ddim",
-                cfg.run.validation_steps,
-            )
-            pixels = self.codec.decode(latents[0].to(self.dtype))  # (F, 3, H, W)
-        model.train()
-        frames = to_uint8_frames(pixels).cpu()  # (F, 3, H, W)
-        path = self.run_dir / "samples" / f"step_{step:08d}.mp4"
-        with VideoWriter(
-            path,
-            fps=self._validation_fps,
-            width=frames.shape[-1],
-            height=frames.shape[-2],
-            overwrite=True,
-            preset="veryfast",
-        ) as writer:
-            for frame in frames.permute(0, 2, 3, 1).numpy():
-                writer.write(frame)
+        frames = sample_video(self.model, fixed.inputs, self.codec, self.accelerator, self.cfg.train.seed,
+                              self.cfg.run.validation_steps, self.device, self.dtype)  # fmt: skip
+        path = write_sample(self.run_dir / "samples" / f"step_{step:08d}.mp4", frames, fixed.fps)
         self.writer.add_images("validation/frames", frames, step)
         self.writer.add_scalar("validation/loss", val_loss, step)
         self.writer.flush()
