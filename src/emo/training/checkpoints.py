@@ -9,6 +9,7 @@ the last `run.keep_checkpoints` are kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -111,6 +112,16 @@ class Checkpointer:
             )
         return checkpoint
 
+    @contextlib.contextmanager
+    def _removed_on_error(self, temp: Path):
+        """A checkpoint interrupted (an error, a full disk, a signal) leaves no temporary directory."""
+        try:
+            yield
+        except BaseException:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(temp, ignore_errors=True)
+            raise
+
     def save(
         self,
         position: Position,
@@ -123,65 +134,51 @@ class Checkpointer:
     ) -> Path:
         """Write the checkpoint of ``position`` atomically; a full disk is one line naming it (no partial one)."""
         final = self.run_dir / CHECKPOINTS / f"step_{position.step:08d}"
-        try:
-            with writing(final):
-                return self._save(final, position, trainable, ema, optimizer, scheduler, stage, components)
-        except BaseException:
-            if self.accelerator.is_main_process:
-                shutil.rmtree(final.with_name(f".tmp-{final.name}"), ignore_errors=True)
-            raise
-
-    def _save(
-        self,
-        final: Path,
-        position: Position,
-        trainable: dict,
-        ema,
-        optimizer,
-        scheduler,
-        stage: int,
-        components: list[str],
-    ) -> Path:
-        acc = self.accelerator
         # From the step alone (no pid): the same directory on every rank.
         temp = final.with_name(f".tmp-{final.name}")
-        if acc.is_main_process:
-            shutil.rmtree(temp, ignore_errors=True)
-            temp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        save_file(rng, str(temp / f"rng_{self.rank}.safetensors"))
-        if self.deepspeed:
-            acc.save_state(str(temp / "deepspeed"))  # DeepSpeed shards the optimizer: its own format
-        acc.wait_for_everyone()  # every rank's files are in temp/ before the main process renames it
-        if acc.is_main_process:
-            save_file({k: p.detach().cpu().contiguous() for k, p in trainable.items()}, str(temp / TRAINABLE))
-            if ema is not None:
-                save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(temp / EMA))
-            if not self.deepspeed:
-                torch.save(optimizer.state_dict(), temp / "optimizer.pt")
-            scaler = acc.scaler.state_dict() if acc.scaler is not None else None
-            state = {
-                "step": position.step,
-                "epoch": position.epoch,
-                "batch": position.batch,
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler,
-                "world_size": self.world,
-                "components": components,
-                "stage": stage,
-            }
-            (temp / STATE).write_text(json.dumps(state, indent=2))  # last: marks the checkpoint complete
-            if final.exists():  # rerunning a step after a resume: replace the old copy
-                shutil.rmtree(final)
-            os.replace(temp, final)
-            for old in list_checkpoints(self.run_dir)[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-            log.info("checkpoint %s", final)
-        acc.wait_for_everyone()
-        return final
+        with self._removed_on_error(temp), writing(final):
+            acc = self.accelerator
+            if acc.is_main_process:
+                shutil.rmtree(temp, ignore_errors=True)
+                temp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state()
+            save_file(rng, str(temp / f"rng_{self.rank}.safetensors"))
+            if self.deepspeed:
+                acc.save_state(str(temp / "deepspeed"))  # DeepSpeed shards the optimizer: its own format
+            acc.wait_for_everyone()  # every rank's files are in temp/ before the main process renames it
+            if acc.is_main_process:
+                save_file(
+                    {k: p.detach().cpu().contiguous() for k, p in trainable.items()},
+                    str(temp / TRAINABLE),
+                )
+                if ema is not None:
+                    save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(temp / EMA))
+                if not self.deepspeed:
+                    torch.save(optimizer.state_dict(), temp / "optimizer.pt")
+                scaler = acc.scaler.state_dict() if acc.scaler is not None else None
+                state = {
+                    "step": position.step,
+                    "epoch": position.epoch,
+                    "batch": position.batch,
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler,
+                    "world_size": self.world,
+                    "components": components,
+                    "stage": stage,
+                }
+                # Written last: it marks the checkpoint complete.
+                (temp / STATE).write_text(json.dumps(state, indent=2))
+                if final.exists():  # rerunning a step after a resume: replace the old copy
+                    shutil.rmtree(final)
+                os.replace(temp, final)
+                for old in list_checkpoints(self.run_dir)[: -self.keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+                log.info("checkpoint %s", final)
+            acc.wait_for_everyone()
+            return final
 
     def load(
         self,
