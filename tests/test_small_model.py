@@ -106,6 +106,18 @@ def test_preprocess_caches_log_mel_features_and_codec_latents(dataset):
     assert video["latents"].shape == (3, 32, 16, 16) and video["audio"].shape == (2, 5, 4, 80)
 
 
+def test_preprocess_run_again_on_a_dataset_with_latents_resumes(dataset):
+    """train_small.sh runs `emo preprocess` again on every resume: the recorded codec is not a changed option."""
+    from emo.cli import main
+
+    before = (dataset / mf.DATASET_CONFIG).read_text()
+    args = ["preprocess", str(DATA / "hdtf_speech_256_4s.mp4"), "--out", str(dataset), "--size", "128",
+            "--fps", "10", "--min-clip", "1", "--audio-encoder", LOG_MEL, "--codec", TAEF2]  # fmt: skip
+    assert main(args) == 0
+    assert (dataset / mf.DATASET_CONFIG).read_text() == before
+    assert json.loads((dataset / mf.SUMMARY).read_text())["clips_with_latents"] == 1
+
+
 def test_training_from_cached_latents_matches_encoding_the_frames(dataset, tmp_path):
     cached = Trainer(small_config(dataset, 1, tmp_path / "cached", {})).fit()
     encoded = Trainer(small_config(dataset, 1, tmp_path / "encoded", {}, latents=False)).fit()

@@ -63,6 +63,8 @@ class PreprocessConfig:
 
 
 ENCODER_KEY = "audio_encoder"  # in dataset.json: audio_encoder_id of the features' wav2vec2, or null
+CODEC_KEY = "codec"  # in dataset.json: the fingerprint of the codec that made the clips' latents
+RECORDED_KEYS = (ENCODER_KEY, CODEC_KEY)  # what the dataset was given later, not preprocessing options
 
 
 def check_dataset_config(root: Path, config: PreprocessConfig, encoder: str | None, encoder_path) -> None:
@@ -74,7 +76,7 @@ def check_dataset_config(root: Path, config: PreprocessConfig, encoder: str | No
         mf.write_json(path, {**wanted, ENCODER_KEY: encoder})
         return
     existing = mf.read_json(path)
-    settings = {k: v for k, v in existing.items() if k != ENCODER_KEY}
+    settings = {k: v for k, v in existing.items() if k not in RECORDED_KEYS}
     if settings != wanted:
         changed = sorted(k for k in set(settings) | set(wanted) if settings.get(k) != wanted.get(k))
         raise EmoError(

@@ -22,12 +22,11 @@ from tqdm.auto import tqdm
 from emo.codec import load_codec
 from emo.data import manifest as mf
 from emo.data.clips import LATENTS, META, read_frames
+from emo.data.dataset_config import CODEC_KEY
 from emo.errors import EmoError
 from emo.media import atomic_path, writing
 
 logger = logging.getLogger(__name__)
-
-CODEC_KEY = "codec"  # in dataset.json: the fingerprint of the codec that made the clips' latents
 
 
 def check_codec(root: Path, fingerprint: str, spec) -> None:
