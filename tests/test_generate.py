@@ -17,7 +17,7 @@ import torch
 from emo.errors import EmoError
 from emo.generation.pipeline import EMOPipeline, GenerationOptions, clip_window
 from emo.media import iter_video_frames, load_audio, probe_video
-from emo.sampling import guidance_plan
+from emo.sampling import guidance_plan, sample, steps_run
 from emo.tiny import save_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +165,24 @@ def test_guidance_plan_combines_as_documented():
             )
         assert torch.allclose(got, expected)
     assert guidance_plan(1.0, 1.0)[0] == [(True, True)]  # guidance off costs one pass
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+def test_strength_starts_from_the_noised_start_and_runs_the_last_steps(sampler):
+    """SDEdit: strength s runs the last s share of the steps from `start` noised to that point; with a
+    perfect denoiser (it knows the noise) the result is the start, and lower strength stays closer to it."""
+    start = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    seen = []
+    zero = sample(lambda x, t: torch.zeros_like(x), noise, sampler, 20, lambda i, t, x: seen.append(int(t)),
+                  start=start, strength=0.4)  # fmt: skip
+    assert len(seen) == steps_run(20, 0.4) == 8 and seen == sorted(seen, reverse=True) and seen[0] < 500
+    oracle = sample(lambda x, t: noise, noise, sampler, 20, start=start, strength=0.4)
+    assert (oracle - start).abs().mean() < 0.05  # the last step keeps SD's sqrt(1 - ᾱ_0) of the noise
+    far = sample(lambda x, t: torch.zeros_like(x), noise, sampler, 20, start=start, strength=0.9)
+    assert (zero - start).abs().mean() < (far - start).abs().mean()
+    with pytest.raises(EmoError, match="--strength"):
+        GenerationOptions(strength=0.0).validate()
 
 
 def test_bfloat16_runs_on_cpu(weights, short_audio, tmp_path):

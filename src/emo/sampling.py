@@ -44,6 +44,11 @@ def make_scheduler(sampler: str):
     raise EmoError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
+def steps_run(steps: int, strength: float) -> int:
+    """How many of ``steps`` a sample at ``strength`` runs (the last ones of the schedule)."""
+    return steps if strength >= 1.0 else max(1, round(steps * strength))
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -51,15 +56,30 @@ def sample(
     sampler: str = "ddim",
     steps: int = 40,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Denoise ``noise`` (unit Gaussian, any shape the denoiser takes) in ``steps`` steps -> clean latents.
 
+    ``strength`` < 1 starts from ``start`` (clean latents broadcastable to ``noise``) noised to that point of
+    the schedule and runs only the last ``strength`` share of the steps (SDEdit / img2img): the layout comes
+    from ``start``, the detail from the model. 1.0 starts from pure noise (the paper).
     ``callback(step_index, t, latents)`` runs after each step (progress bars, tests).
     """
     scheduler = make_scheduler(sampler)
     scheduler.set_timesteps(steps, device=noise.device)
-    latents = noise * scheduler.init_noise_sigma
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = scheduler.timesteps
+    if strength < 1.0:
+        if start is None:
+            raise ValueError("strength < 1 needs the start latents")
+        skip = steps - steps_run(steps, strength)
+        timesteps = timesteps[skip:]
+        if hasattr(scheduler, "set_begin_index"):  # multistep solvers index their own history
+            scheduler.set_begin_index(skip)
+        latents = scheduler.add_noise(start.expand_as(noise).to(noise), noise, timesteps[:1])
+    else:
+        latents = noise * scheduler.init_noise_sigma
+    for i, t in enumerate(timesteps):
         eps = denoiser(scheduler.scale_model_input(latents, t), t)
         latents = scheduler.step(eps, t, latents).prev_sample
         if callback is not None:
