@@ -110,10 +110,10 @@ def test_portrait_preview_draws_the_face_and_region(blank):
         portrait_preview(str(PORTRAIT), 100, "face", False)
 
 
-def test_ui_needs_a_model_and_says_so(capsys):
-    assert main(["ui"]) == 2
+def test_ui_refuses_a_bad_port_in_one_line(capsys):
+    assert main(["ui", "--preset", "tiny", "--port", "70000"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("emo: error: choose the model") and "\n" not in err
+    assert err == "emo: error: --port must be in 1-65535, got 70000"
 
 
 # -- the page in a browser ------------------------------------------------------------------------

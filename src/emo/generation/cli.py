@@ -1,7 +1,8 @@
 """Generate a talking/singing portrait video from one image and an audio track.
 
 examples:
-  emo generate --preset tiny --image examples/portrait.jpg --audio examples/speech.wav --out demo.mp4
+  emo generate --image examples/portrait.jpg --audio examples/speech.wav --out demo.mp4   # the shipped small model
+  emo generate --preset tiny --image examples/portrait.jpg --audio examples/speech.wav --out noise.mp4
   emo generate --weights ckpt/ --image me.png --audio song.mp3 --out me.mp4 --speed 1.1 --region wide
   emo generate --weights ckpt/ --batch jobs.json        # [{"image": .., "audio": .., "out": .., "seed": 0}, ..]
 
@@ -20,6 +21,7 @@ import math
 import sys
 from pathlib import Path
 
+from emo.assets import SHIPPED_MODELS
 from emo.devices import resolve_device
 from emo.errors import EmoError
 from emo.media import check_output
@@ -63,8 +65,21 @@ def add_arguments(parser) -> None:
         "--reference-guidance", type=float, default=1.0, help="CFG scale on the portrait (1.0 = off)"
     )
     gen.add_argument("--audio-guidance", type=float, default=1.0, help="CFG scale on the audio (1.0 = off)")
+    gen.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="1.0 (default, the paper): denoise from pure noise; below 1, from the reference noised that far "
+        "(SDEdit): the frames keep the portrait's layout, the model redraws the rest (mouth, eyes, small "
+        "motion); lower stays closer to the portrait",
+    )
     gen.add_argument("--fps", type=float, default=30.0, help="output frame rate (default 30, EMO paper)")
-    gen.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
+    gen.add_argument(
+        "--size",
+        type=int,
+        help="output side in pixels (default: the size the model was trained at, 128 for the shipped small "
+        "model; 512 where the checkpoint does not say)",
+    )
     gen.add_argument(
         "--max-duration",
         type=float,
@@ -81,6 +96,12 @@ def add_model_arguments(parser) -> None:
     source = model.add_mutually_exclusive_group()
     source.add_argument(
         "--weights", metavar="DIR", help="trained EMO checkpoint directory (from `emo train export`)"
+    )
+    source.add_argument(
+        "--model",
+        choices=SHIPPED_MODELS,
+        help="a trained model shipped with emo (the default: small, 128², trained on a few minutes of "
+        "talking heads; see the README for what it does well and badly)",
     )
     source.add_argument(
         "--preset", choices=["tiny"], help="random tiny model: a smoke run, its video is noise"
@@ -233,6 +254,20 @@ def _number(value) -> int | float | None:
     return None
 
 
+def model_weights(args) -> Path:
+    """The checkpoint folder the model flags name: --weights DIR, else the shipped --model (small)."""
+    from emo.assets import shipped_model_dir
+
+    return Path(args.weights) if args.weights else shipped_model_dir(args.model or "small")
+
+
+def native_size(args) -> int:
+    """The default --size: what the chosen model was trained at (512 for the tiny preset, or unrecorded)."""
+    from emo.generation.pipeline import trained_size
+
+    return (None if args.preset else trained_size(model_weights(args))) or 512
+
+
 def load_pipeline(args):
     """The pipeline the model flags (`add_model_arguments`) describe, loaded once."""
     from emo.generation.pipeline import EMOPipeline
@@ -245,11 +280,13 @@ def load_pipeline(args):
     if args.preset:
         print(
             "emo: --preset tiny: a RANDOM tiny model, for smoke runs; the video shows noise, not a face. "
-            "Use --weights for real results."
+            "Use --weights or the shipped model for real results."
         )
         pipe = EMOPipeline.tiny(device, dtype, cache_dir=cache)
     else:
-        pipe = EMOPipeline.from_weights(args.weights, args.codec, args.audio_encoder, device, dtype, cache)
+        pipe = EMOPipeline.from_weights(
+            model_weights(args), args.codec, args.audio_encoder, device, dtype, cache
+        )
 
     pipe.optimize(channels_last=args.channels_last, compile=args.compile)
     return pipe
@@ -273,11 +310,6 @@ def run(args) -> int:
         if missing:
             raise EmoError(f"missing {', '.join(missing)} (or use --batch JOBS)")
         jobs = [{"image": args.image, "audio": args.audio, "out": args.out}]
-    if not args.weights and not args.preset:
-        raise EmoError(
-            "choose the model: --weights DIR (a trained checkpoint) or --preset tiny (a smoke run)"
-        )
-
     base = GenerationOptions(
         steps=args.steps,
         sampler=args.sampler,
@@ -286,8 +318,9 @@ def run(args) -> int:
         seed=args.seed,
         reference_guidance=args.reference_guidance,
         audio_guidance=args.audio_guidance,
+        strength=args.strength,
         fps=args.fps,
-        size=args.size,
+        size=args.size or native_size(args),
         max_duration=args.max_duration,
         strict=args.strict,
     )

@@ -39,7 +39,7 @@ from emo.conditioning.windows import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, check_output, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
-from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample
+from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample, steps_run
 from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class GenerationOptions:
     seed: int = 0
     reference_guidance: float = 1.0  # classifier-free guidance on the reference image (1.0 = off)
     audio_guidance: float = 1.0  # classifier-free guidance on the audio (1.0 = off)
+    strength: float = 1.0  # 1.0: from pure noise (the paper); < 1: from the noised reference (SDEdit)
     fps: float = 30.0
     size: int = 512  # output side in pixels (a multiple of 8)
     clip_frames: int = 12  # f
@@ -89,6 +90,7 @@ class GenerationOptions:
                 f"motion frames ({self.motion_frames}) must be <= clip frames ({self.clip_frames})",
             ),
             (self.reference_guidance >= 0 and self.audio_guidance >= 0, "guidance scales must be >= 0"),
+            (0 < self.strength <= 1, f"--strength must be in (0, 1], got {self.strength}"),
             (self.decode_chunk >= 1, f"decode chunk must be >= 1, got {self.decode_chunk}"),
             # torch.Generator.manual_seed's range (outside it torch raises an internal-looking ValueError)
             (-(2**63) <= self.seed < 2**64, f"--seed must be in [-2^63, 2^64), got {self.seed}"),
@@ -149,6 +151,7 @@ class EMOPipeline:
         self.codec = codec.to(self.device, dtype).eval().requires_grad_(False)
         self.audio_encoder = audio_encoder
         self.cache_dir = cache_dir
+        self.native_size: int | None = None  # the frame size it was trained at, where the checkpoint says
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -174,7 +177,7 @@ class EMOPipeline:
                 "tiny-autoencoder folder, or taef2) or put it inside the --weights directory"
             )
         model = EMO.from_pretrained(weights)
-        return cls(
+        pipe = cls(
             model,
             load_codec(codec_spec),
             trained_audio_front_end(weights, audio_encoder, device),
@@ -182,6 +185,8 @@ class EMOPipeline:
             dtype,
             cache_dir,
         )
+        pipe.native_size = trained_size(weights)
+        return pipe
 
     @classmethod
     def tiny(
@@ -299,7 +304,8 @@ class EMOPipeline:
             if on_step is not None:
                 on_step()
 
-        return sample(denoiser, noise, opts.sampler, opts.steps, callback=step_done)
+        start = reference[:, None]  # (1, 1, C, h, w): every frame starts from the reference (strength < 1)
+        return sample(denoiser, noise, opts.sampler, opts.steps, step_done, start, opts.strength)
 
     def generate(
         self,
@@ -337,7 +343,8 @@ class EMOPipeline:
 
         written = 0
         motion = None  # previous clip's last n latents; the first clip gets zero motion features
-        bar = tqdm(total=clips * opts.steps, desc="generating", unit="step", disable=not progress)
+        per_clip = steps_run(opts.steps, opts.strength)
+        bar = tqdm(total=clips * per_clip, desc="generating", unit="step", disable=not progress)
         steps_done = 0
 
         def on_step(clip: int) -> None:
@@ -345,7 +352,7 @@ class EMOPipeline:
             steps_done += 1
             bar.update(1)
             if callback is not None:
-                callback(GenerationProgress(clip, clips, steps_done, clips * opts.steps))
+                callback(GenerationProgress(clip, clips, steps_done, clips * per_clip))
 
         with VideoWriter(
             out_path,
@@ -381,6 +388,15 @@ class EMOPipeline:
                 bar.set_postfix(clip=f"{clip + 1}/{clips}")
         bar.close()
         return GenerationResult(out_path, written, clips, time.perf_counter() - start)
+
+
+def trained_size(weights: Path) -> int | None:
+    """The frame size an exported model was trained at (its ``training_config.json``), if recorded."""
+    try:
+        config = json.loads((Path(weights) / "training_config.json").read_text())
+        return int(config["data"]["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def trained_audio_front_end(weights: Path, audio_encoder: str | Path | None, device):

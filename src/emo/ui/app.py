@@ -27,7 +27,17 @@ log = logging.getLogger(__name__)
 # The GenerationOptions fields the page sets, in page order; each takes its label, default and help from
 # the `emo generate` flag of the same name, so the two cannot drift apart.
 PORTRAIT_OPTIONS = ("region", "size", "strict")  # these change the crop: the preview follows them
-OPTIONS = ("steps", "sampler", "speed", "seed", "reference_guidance", "audio_guidance", "fps", "max_duration")
+OPTIONS = (
+    "steps",
+    "sampler",
+    "speed",
+    "seed",
+    "reference_guidance",
+    "audio_guidance",
+    "strength",
+    "fps",
+    "max_duration",
+)
 FACE_COLOR, REGION_COLOR = (40, 220, 40), (255, 150, 0)
 
 
@@ -38,16 +48,18 @@ def generate_flags() -> dict[str, argparse.Action]:
     return {action.dest: action for action in parser._actions}
 
 
-def option_widget(action: argparse.Action) -> gr.components.Component:
+def option_widget(action: argparse.Action, default=None) -> gr.components.Component:
+    """The widget for one `emo generate` flag; ``default`` replaces the flag's own (one the model decides)."""
     label = action.option_strings[0].lstrip("-").replace("-", " ")
     common = dict(label=label, info=action.help, elem_id=action.dest)
+    value = action.default if default is None else default
     if action.dest == "region":
-        return gr.Dropdown(list(REGIONS), value=action.default, allow_custom_value=True, **common)
+        return gr.Dropdown(list(REGIONS), value=value, allow_custom_value=True, **common)
     if action.choices:
-        return gr.Radio(list(action.choices), value=action.default, **common)
+        return gr.Radio(list(action.choices), value=value, **common)
     if action.nargs == 0:  # a store_true switch
-        return gr.Checkbox(value=bool(action.default), **common)
-    return gr.Number(value=action.default, precision=0 if action.type is int else None, **common)
+        return gr.Checkbox(value=bool(value), **common)
+    return gr.Number(value=value, precision=0 if action.type is int else None, **common)
 
 
 def options_from(names: tuple[str, ...], values) -> GenerationOptions:
@@ -122,7 +134,11 @@ def build_app(service: GenerationService, notice: str | None = None) -> gr.Block
                     label="As the model sees it", interactive=False, height=320, elem_id="preview"
                 )
                 preview_note = gr.Markdown(elem_id="preview_note")
-                portrait_widgets = [option_widget(flags[name]) for name in PORTRAIT_OPTIONS]
+                # The size default is the model's own (128 for the shipped small model).
+                model_defaults = {"size": service.pipe.native_size or 512}
+                portrait_widgets = [
+                    option_widget(flags[name], model_defaults.get(name)) for name in PORTRAIT_OPTIONS
+                ]
         with gr.Accordion("Generation options", open=True):
             with gr.Row():
                 option_widgets = [option_widget(flags[name]) for name in OPTIONS]

@@ -1,7 +1,8 @@
 """A web page for generation: upload a portrait and audio, see the face region, generate, download.
 
 examples:
-  emo ui --weights ckpt/                   # then open http://127.0.0.1:7860
+  emo ui                                   # the shipped small model; then open http://127.0.0.1:7860
+  emo ui --weights ckpt/                   # a model you trained
   emo ui --preset tiny --port 8000         # a smoke run: the random tiny model's videos are noise
 
 The model loads once, at start. One generation runs at a time; other jobs wait in a queue that shows their
@@ -35,10 +36,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if not args.weights and not args.preset:
-        raise EmoError(
-            "choose the model: --weights DIR (a trained checkpoint) or --preset tiny (a smoke run)"
-        )
     if args.port is not None and not 0 < args.port < 65536:
         raise EmoError(f"--port must be in 1-65535, got {args.port}")
     if importlib.util.find_spec("gradio") is None:
@@ -56,7 +53,7 @@ def run(args) -> int:
 
         notice = (
             "**--preset tiny**: a random tiny model for smoke runs; its videos show noise, not a face. "
-            "Start `emo ui --weights DIR` for real results."
+            "Start `emo ui` (the shipped model) or `emo ui --weights DIR` for real results."
             if args.preset
             else None
         )
