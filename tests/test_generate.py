@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import subprocess
@@ -452,6 +453,29 @@ def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path, emo_generate):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "j1.mp4").is_file() and (tmp_path / "j2.mp4").is_file()
+
+
+def test_a_checkpoint_sets_its_own_size_and_strength_unless_given(weights, tmp_path):
+    """--size / --strength default to what the checkpoint says (training_config.json, generation.json)."""
+    import argparse
+    import shutil
+
+    from emo.generation.cli import add_arguments, model_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    own = tmp_path / "own"
+    shutil.copytree(weights, own)
+    assert model_options(parser.parse_args(["--weights", str(own)])) == {"size": 512, "strength": 1.0}
+    (own / "training_config.json").write_text(json.dumps({"data": {"size": 96}}))
+    (own / "generation.json").write_text(json.dumps({"strength": 0.5}))
+    assert model_options(parser.parse_args(["--weights", str(own)])) == {"size": 96, "strength": 0.5}
+    given = parser.parse_args(["--weights", str(own), "--size", "64", "--strength", "0.9"])
+    assert model_options(given) == {"size": 64, "strength": 0.9}
+    assert model_options(parser.parse_args(["--preset", "tiny"])) == {"size": 512, "strength": 1.0}
+    (own / "generation.json").write_text(json.dumps({"strenght": 0.5}))
+    with pytest.raises(EmoError, match="unknown generation options"):
+        model_options(parser.parse_args(["--weights", str(own)]))
 
 
 @pytest.mark.parametrize(

@@ -68,10 +68,9 @@ def add_arguments(parser) -> None:
     gen.add_argument(
         "--strength",
         type=float,
-        default=1.0,
-        help="1.0 (default, the paper): denoise from pure noise; below 1, from the reference noised that far "
-        "(SDEdit): the frames keep the portrait's layout, the model redraws the rest (mouth, eyes, small "
-        "motion); lower stays closer to the portrait",
+        help="1.0 (the paper): denoise from pure noise; below 1, from the portrait noised that far (SDEdit): "
+        "the frames keep the portrait's layout and the model redraws the rest (mouth, eyes, small motion); "
+        "lower stays closer to the portrait (default: the model's own, 1.0 where it sets none)",
     )
     gen.add_argument("--fps", type=float, default=30.0, help="output frame rate (default 30, EMO paper)")
     gen.add_argument(
@@ -261,11 +260,18 @@ def model_weights(args) -> Path:
     return Path(args.weights) if args.weights else shipped_model_dir(args.model or "small")
 
 
-def native_size(args) -> int:
-    """The default --size: what the chosen model was trained at (512 for the tiny preset, or unrecorded)."""
-    from emo.generation.pipeline import trained_size
+MODEL_SET = ("size", "strength")  # options whose default is the model's own (model_defaults)
+FALLBACK = {"size": 512, "strength": 1.0}  # where the model sets none (the tiny preset, older checkpoints)
 
-    return (None if args.preset else trained_size(model_weights(args))) or 512
+
+def model_options(args) -> dict:
+    """--size and --strength as given, else as the chosen model sets them (the shipped small model: 128²,
+    strength 0.6), else 512 and 1.0."""
+    from emo.generation.pipeline import model_defaults
+
+    own = {} if args.preset else model_defaults(model_weights(args))
+    given = {k: getattr(args, k) for k in MODEL_SET}
+    return {k: given[k] if given[k] is not None else own.get(k, FALLBACK[k]) for k in MODEL_SET}
 
 
 def load_pipeline(args):
@@ -318,9 +324,8 @@ def run(args) -> int:
         seed=args.seed,
         reference_guidance=args.reference_guidance,
         audio_guidance=args.audio_guidance,
-        strength=args.strength,
         fps=args.fps,
-        size=args.size or native_size(args),
+        **model_options(args),
         max_duration=args.max_duration,
         strict=args.strict,
     )

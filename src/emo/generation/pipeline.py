@@ -151,7 +151,7 @@ class EMOPipeline:
         self.codec = codec.to(self.device, dtype).eval().requires_grad_(False)
         self.audio_encoder = audio_encoder
         self.cache_dir = cache_dir
-        self.native_size: int | None = None  # the frame size it was trained at, where the checkpoint says
+        self.defaults: dict = {}  # generation options the checkpoint sets for itself (model_defaults)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -185,7 +185,7 @@ class EMOPipeline:
             dtype,
             cache_dir,
         )
-        pipe.native_size = trained_size(weights)
+        pipe.defaults = model_defaults(weights)
         return pipe
 
     @classmethod
@@ -390,13 +390,30 @@ class EMOPipeline:
         return GenerationResult(out_path, written, clips, time.perf_counter() - start)
 
 
-def trained_size(weights: Path) -> int | None:
-    """The frame size an exported model was trained at (its ``training_config.json``), if recorded."""
+GENERATION_DEFAULTS = "generation.json"  # in a checkpoint: the options it is meant to be run with
+
+
+def model_defaults(weights: Path) -> dict:
+    """The generation options a checkpoint sets for itself: ``size`` from the size it was trained at
+    (``training_config.json``), anything else (``strength``, ``sampler``, ``steps``) from its ``generation.json``."""
+    defaults = {}
     try:
-        config = json.loads((Path(weights) / "training_config.json").read_text())
-        return int(config["data"]["size"])
+        defaults["size"] = int(
+            json.loads((Path(weights) / "training_config.json").read_text())["data"]["size"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        pass
+    path = Path(weights) / GENERATION_DEFAULTS
+    if path.is_file():
+        try:
+            extra = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise EmoError(f"{path}: not readable JSON ({exc}); fix or remove it") from None
+        unknown = set(extra) - set(GenerationOptions.__dataclass_fields__)
+        if not isinstance(extra, dict) or unknown:
+            raise EmoError(f"{path}: unknown generation options {sorted(unknown)}; fix or remove it")
+        defaults.update(extra)
+    return defaults
 
 
 def trained_audio_front_end(weights: Path, audio_encoder: str | Path | None, device):

@@ -134,14 +134,14 @@ def build_app(service: GenerationService, notice: str | None = None) -> gr.Block
                     label="As the model sees it", interactive=False, height=320, elem_id="preview"
                 )
                 preview_note = gr.Markdown(elem_id="preview_note")
-                # The size default is the model's own (128 for the shipped small model).
-                model_defaults = {"size": service.pipe.native_size or 512}
+                # Size and strength default to the model's own (128² and 0.6 for the shipped small model).
+                model_defaults = {**generate_cli.FALLBACK, **service.pipe.defaults}
                 portrait_widgets = [
                     option_widget(flags[name], model_defaults.get(name)) for name in PORTRAIT_OPTIONS
                 ]
         with gr.Accordion("Generation options", open=True):
             with gr.Row():
-                option_widgets = [option_widget(flags[name]) for name in OPTIONS]
+                option_widgets = [option_widget(flags[name], model_defaults.get(name)) for name in OPTIONS]
         with gr.Row():
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
             cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")

@@ -1,0 +1,209 @@
+"""What the trained `small` model learned, measured on the held-out clips it never trained on (issue 12).
+
+    python scripts/evaluate_small.py WEIGHTS DATA_DIR OUT [--seconds 6] [--sampler ddim] [--steps 40]
+
+WEIGHTS: an `emo train export` folder. DATA_DIR: the preprocessed data of scripts/train_small.sh
+(WORK_DIR/data/small), with val_known/ (the last 10 s of the three long clips: people the model knows, speech it
+never heard) and val_unseen/ (three whole clips of people it never saw).
+
+Each held-out clip is regenerated from its own first frame and its own audio, through the same
+`EMOPipeline.generate` that `emo generate` runs (the portrait step is given the clip's 128² crop and face-region
+mask, so the frames line up with the ground truth). Two controls sit beside the model's figures:
+
+- **still**: the first frame held for the whole clip. PSNR/SSIM a model would get by not moving at all.
+- **other audio**: each video's mouth scored against another clip's audio (`emo evaluate`'s control). A model
+  that ignores the audio scores as well there as with its own.
+
+The real videos get the same lip-sync figures, as the ceiling. Writes into OUT:
+`real/`, `generated/` and `still/` mp4s per group, `results.json`, `frames.png` (ground truth above generated),
+`mouth.png` (mouth opening against speech-band loudness, generated beside real).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from emo.conditioning.face import FaceAnalyzer
+from emo.conditioning.face.geometry import Box
+from emo.conditioning.face.portrait import Portrait
+from emo.data import manifest as mf
+from emo.data.clips import AUDIO, META, read_frames, write_audio
+from emo.eval.evaluate import EvalConfig, evaluate, find_pairs
+from emo.eval.mouth import band_loudness, mouth_audio_correlation, mouth_opening
+from emo.generation.pipeline import EMOPipeline, GenerationOptions
+from emo.media import iter_video_frames, load_audio, write_video
+
+GROUPS = {"val_known": "known people, unheard speech", "val_unseen": "people never seen"}
+REPORTED = ("psnr", "ssim", "mouth_audio_corr", "mouth_audio_corr_other_audio")
+
+
+class HeldOutClip:
+    """One preprocessed held-out clip, cut to its first ``seconds``."""
+
+    def __init__(self, clip_dir: Path, fps: float, seconds: float):
+        meta = np.load(clip_dir / META)
+        offsets = meta["frame_offsets"]
+        self.stem = clip_dir.name
+        self.fps = fps
+        n = min(len(offsets) - 1, int(round(seconds * fps)))
+        self.frames = read_frames(clip_dir, range(n), offsets)  # (n, S, S, 3)
+        self.mask = meta["mask"].astype(np.float32)
+        self.speed = float(np.median(meta["speed"][:n]))
+        audio = load_audio(clip_dir / AUDIO, sample_rate=16000)
+        self.audio = audio[: int(round(n / fps * 16000))]
+
+    def portrait(self) -> Portrait:
+        size = self.frames.shape[1]
+        return Portrait(self.frames[0], self.mask, None, 1, Box(0, 0, size, size), None)
+
+
+def held_out_clips(data: Path, group: str, seconds: float) -> list[HeldOutClip]:
+    root = data / group
+    fps = float(mf.read_json(root / mf.DATASET_CONFIG)["fps"])
+    dirs = sorted(p.parent for p in (root / mf.VIDEOS).glob(f"*/*/{META}"))
+    if not dirs:
+        sys.exit(f"evaluate_small: no preprocessed clips in {root}")
+    return [HeldOutClip(d, fps, seconds) for d in dirs]
+
+
+def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args) -> Path:
+    audio_path = out.with_suffix(".wav")
+    write_audio(audio_path, clip.audio)
+    pipe.prepare_portrait = lambda image_path, opts: clip.portrait()  # the clip's own crop, aligned
+    opts = GenerationOptions(
+        steps=args.steps,
+        sampler=args.sampler,
+        speed=clip.speed,
+        fps=clip.fps,
+        size=clip.frames.shape[1],
+        seed=0,
+        strength=args.strength_used,
+    )
+    pipe.generate(audio_path, audio_path, out, opts, overwrite=True, progress=False)
+    audio_path.unlink()
+    return out
+
+
+def metrics_of(generated: Path, reference: Path) -> tuple[dict, list[dict]]:
+    evaluation = evaluate(find_pairs(generated, reference), EvalConfig(), progress=False)
+    values = {m.name: m.value for m in evaluation.metrics if m.name in REPORTED}
+    return values, evaluation.per_video
+
+
+def mouth_series(frames: np.ndarray, audio: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    with FaceAnalyzer() as analyzer:
+        opening = mouth_opening(list(analyzer.analyze_video(list(frames))))
+    return opening, band_loudness(audio, 16000, fps, len(opening))
+
+
+def read_mp4(path: Path) -> np.ndarray:
+    return np.stack(list(iter_video_frames(path)))
+
+
+def frame_strip(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path, columns: int = 6) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2 * len(rows), 1, figsize=(columns * 1.3, 2 * len(rows) * 1.42))
+    for r, (name, real, fake) in enumerate(rows):
+        n = min(len(real), len(fake))
+        picks = np.linspace(0, n - 1, columns).round().astype(int)
+        for k, (label, frames) in enumerate((("real", real), ("generated", fake))):
+            ax = axes[2 * r + k]
+            ax.imshow(np.concatenate([frames[i] for i in picks], axis=1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(label, fontsize=7)
+            if k == 0:
+                ax.set_title(name, fontsize=7, loc="left")
+    fig.tight_layout(h_pad=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mouth_plot(series: list[tuple[str, float, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.3 * len(series)), squeeze=False)
+    for ax, (name, fps, s) in zip(axes[:, 0], series):
+        t = np.arange(len(s["real"][0])) / fps
+        loud = np.log(s["real"][1] + 1e-4)
+        ax2 = ax.twinx()
+        ax2.fill_between(t, loud.min(), loud, color="0.85", label="speech-band loudness (log)")
+        ax2.set_yticks([])
+        for label, colour in (("real", "tab:blue"), ("generated", "tab:red")):
+            opening, loudness = s[label]
+            r, lag = mouth_audio_correlation(opening, loudness)
+            ax.plot(t[: len(opening)], opening, color=colour, label=f"{label} mouth opening (r={r:.2f})")
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set_title(name, fontsize=8, loc="left")
+        ax.set_ylabel("lip gap / eye dist.", fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("weights", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seconds", type=float, default=6.0, help="seconds of each held-out clip")
+    parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--strength", type=float, help="default: the model's own (its generation.json)")
+    args = parser.parse_args()
+
+    pipe = EMOPipeline.from_weights(args.weights)
+    args.strength_used = args.strength if args.strength is not None else pipe.defaults.get("strength", 1.0)
+    results: dict = {"weights": str(args.weights), "seconds": args.seconds, "sampler": args.sampler,
+                     "steps": args.steps, "strength": args.strength_used, "groups": {}}  # fmt: skip
+    strip, plots = [], []
+    for group, what in GROUPS.items():
+        dirs = {k: args.out / k / group for k in ("real", "generated", "still")}
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        clips = held_out_clips(args.data, group, args.seconds)
+        for clip in clips:
+            name = f"{clip.stem}.mp4"
+            write_video(dirs["real"] / name, clip.frames, clip.fps, audio=clip.audio, overwrite=True)
+            still = np.repeat(clip.frames[:1], len(clip.frames), axis=0)
+            write_video(dirs["still"] / name, still, clip.fps, audio=clip.audio, overwrite=True)
+            generate(pipe, clip, dirs["generated"] / name, args)
+            print(f"{group}/{clip.stem}: generated {len(clip.frames)} frames", file=sys.stderr)
+            fake = read_mp4(dirs["generated"] / name)
+            strip.append((f"{clip.stem} ({what})", clip.frames, fake))
+            plots.append((clip.stem, clip.fps, {"real": mouth_series(clip.frames, clip.audio, clip.fps),
+                                                "generated": mouth_series(fake, clip.audio, clip.fps)}))  # fmt: skip
+        generated, per_video = metrics_of(dirs["generated"], dirs["real"])
+        real, _ = metrics_of(dirs["real"], dirs["real"])
+        still, _ = metrics_of(dirs["still"], dirs["real"])
+        results["groups"][group] = {
+            "what": what,
+            "clips": [c.stem for c in clips],
+            "generated": generated,
+            "real": {k: real.get(k) for k in ("mouth_audio_corr", "mouth_audio_corr_other_audio")},
+            "still_control": {k: still.get(k) for k in ("psnr", "ssim")},
+            "per_video": per_video,
+        }
+        print(json.dumps({group: {k: v for k, v in results["groups"][group].items() if k != "per_video"}}))
+    frame_strip(strip, args.out / "frames.png")
+    mouth_plot(plots, args.out / "mouth.png")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
