@@ -476,6 +476,9 @@ def test_a_checkpoint_sets_its_own_size_and_strength_unless_given(weights, tmp_p
     (own / "generation.json").write_text(json.dumps({"strenght": 0.5}))
     with pytest.raises(EmoError, match="unknown generation options"):
         model_options(parser.parse_args(["--weights", str(own)]))
+    (own / "generation.json").write_text("0.5")
+    with pytest.raises(EmoError, match="not a JSON object"):
+        model_options(parser.parse_args(["--weights", str(own)]))
 
 
 @pytest.mark.parametrize(

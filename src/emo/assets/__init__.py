@@ -18,6 +18,6 @@ def shipped_model_dir(name: str) -> Path:
     path = Path(str(resources.files("emo.assets").joinpath(name)))
     if not (path / "emo.json").is_file():
         raise EmoError(
-            f"the shipped model {name} is missing from {path}: reinstall emo (bash scripts/setup.sh)"
+            f"no trained {name} model is shipped yet ({path}): pass --weights DIR or --preset tiny"
         )
     return path

@@ -1,7 +1,7 @@
 """Generate a talking/singing portrait video from one image and an audio track.
 
 examples:
-  emo generate --image examples/portrait.jpg --audio examples/speech.wav --out demo.mp4   # the shipped small model
+  emo generate --image examples/portrait.jpg --audio examples/speech.wav --out demo.mp4   # the shipped model, once one ships
   emo generate --preset tiny --image examples/portrait.jpg --audio examples/speech.wav --out noise.mp4
   emo generate --weights ckpt/ --image me.png --audio song.mp3 --out me.mp4 --speed 1.1 --region wide
   emo generate --weights ckpt/ --batch jobs.json        # [{"image": .., "audio": .., "out": .., "seed": 0}, ..]
@@ -76,8 +76,8 @@ def add_arguments(parser) -> None:
     gen.add_argument(
         "--size",
         type=int,
-        help="output side in pixels (default: the size the model was trained at, 128 for the shipped small "
-        "model; 512 where the checkpoint does not say)",
+        help="output side in pixels (default: the size the model was trained at; 512 where the checkpoint "
+        "does not say)",
     )
     gen.add_argument(
         "--max-duration",
@@ -100,7 +100,7 @@ def add_model_arguments(parser) -> None:
         "--model",
         choices=SHIPPED_MODELS,
         help="a trained model shipped with emo (the default: small, 128², trained on a few minutes of "
-        "talking heads; see the README for what it does well and badly)",
+        "talking heads; none ships yet)",
     )
     source.add_argument(
         "--preset", choices=["tiny"], help="random tiny model: a smoke run, its video is noise"
@@ -265,8 +265,8 @@ FALLBACK = {"size": 512, "strength": 1.0}  # where the model sets none (the tiny
 
 
 def model_options(args) -> dict:
-    """--size and --strength as given, else as the chosen model sets them (the shipped small model: 128²,
-    strength 0.6), else 512 and 1.0."""
+    """--size and --strength as given, else as the chosen model sets them (its model_defaults),
+    else 512 and 1.0."""
     from emo.generation.pipeline import model_defaults
 
     own = {} if args.preset else model_defaults(model_weights(args))

@@ -409,8 +409,10 @@ def model_defaults(weights: Path) -> dict:
             extra = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise EmoError(f"{path}: not readable JSON ({exc}); fix or remove it") from None
+        if not isinstance(extra, dict):
+            raise EmoError(f"{path}: not a JSON object of generation options; fix or remove it")
         unknown = set(extra) - set(GenerationOptions.__dataclass_fields__)
-        if not isinstance(extra, dict) or unknown:
+        if unknown:
             raise EmoError(f"{path}: unknown generation options {sorted(unknown)}; fix or remove it")
         defaults.update(extra)
     return defaults
