@@ -90,11 +90,15 @@ def test_cancel_stops_a_job_at_the_next_step_and_leaves_nothing(pipe, short_audi
 
 
 def test_page_options_are_the_generate_flags():
+    from emo.generation.cli import MODEL_SET, fallback
     from emo.ui.app import OPTIONS, PORTRAIT_OPTIONS, generate_flags
 
     flags, defaults = generate_flags(), GenerationOptions()
     for name in PORTRAIT_OPTIONS + OPTIONS:
-        assert flags[name].default == getattr(defaults, name), name  # the paper's defaults, one source
+        # The paper's defaults, one source; size and strength are the model's own, else the same source's.
+        default = fallback()[name] if name in MODEL_SET else flags[name].default
+        assert default == getattr(defaults, name), name
+        assert name not in MODEL_SET or flags[name].default is None, name
 
 
 def test_portrait_preview_draws_the_face_and_region(blank):

@@ -261,7 +261,13 @@ def model_weights(args) -> Path:
 
 
 MODEL_SET = ("size", "strength")  # options whose default is the model's own (model_defaults)
-FALLBACK = {"size": 512, "strength": 1.0}  # where the model sets none (the tiny preset, older checkpoints)
+
+
+def fallback() -> dict:
+    """MODEL_SET's values where the model sets none (the tiny preset, older checkpoints): GenerationOptions'."""
+    from emo.generation.pipeline import GenerationOptions
+
+    return {k: getattr(GenerationOptions, k) for k in MODEL_SET}
 
 
 def model_options(args) -> dict:
@@ -271,7 +277,8 @@ def model_options(args) -> dict:
 
     own = {} if args.preset else model_defaults(model_weights(args))
     given = {k: getattr(args, k) for k in MODEL_SET}
-    return {k: given[k] if given[k] is not None else own.get(k, FALLBACK[k]) for k in MODEL_SET}
+    base = fallback()
+    return {k: given[k] if given[k] is not None else own.get(k, base[k]) for k in MODEL_SET}
 
 
 def load_pipeline(args):

@@ -135,7 +135,7 @@ def build_app(service: GenerationService, notice: str | None = None) -> gr.Block
                 )
                 preview_note = gr.Markdown(elem_id="preview_note")
                 # Size and strength default to the model's own (model_defaults), else 512 and 1.0.
-                model_defaults = {**generate_cli.FALLBACK, **service.pipe.defaults}
+                model_defaults = {**generate_cli.fallback(), **service.pipe.defaults}
                 portrait_widgets = [
                     option_widget(flags[name], model_defaults.get(name)) for name in PORTRAIT_OPTIONS
                 ]
