@@ -55,8 +55,9 @@ def main() -> None:
                         inputs = dataclasses.replace(inputs, audio=torch.zeros_like(inputs.audio))
                     for k in range(4):
                         gen = torch.Generator().manual_seed(1000 * i + k)
+                        target = model.to_denoised(inputs.target, inputs.reference)
                         loss = denoising_loss(
-                            net, inputs, schedule, schedule.alphas_cumprod, plain, gen, "cpu"
+                            net, inputs, schedule, schedule.alphas_cumprod, plain, gen, "cpu", target
                         )
                         losses[key].append(loss.item())
     print(

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from emo.conditioning.face.geometry import LIPS_OUTER, MOUTH_MARGIN
 from emo.conditioning.windows import window
 from emo.data import clips as clipfmt
 from emo.data import manifest as mf
@@ -32,6 +33,11 @@ def frame_index(image: torch.Tensor) -> int:
     return int(round((level - 16) / 8))
 
 
+def mouth_of(i: int) -> tuple[float, float, float, float]:
+    """Frame i's lips span x 10..18 and y 20..(21 + i % 4) pixels: the mouth opens and closes."""
+    return 10.0, 20.0, 18.0, 21.0 + i % 4
+
+
 def write_clip(root, vid: str, clip_id: str, num_frames: int, features: bool) -> dict:
     directory = root / mf.VIDEOS / vid / clip_id
     directory.mkdir(parents=True)
@@ -40,9 +46,15 @@ def write_clip(root, vid: str, clip_id: str, num_frames: int, features: bool) ->
         writer.write(np.full((SIZE, SIZE, 3), grey(i), dtype=np.uint8))
     mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
     mask[8:24, 10:22] = 1
+    landmarks = np.full((num_frames, 478, 3), SIZE / 2, dtype=np.float32)
+    for i in range(num_frames):
+        x0, y0, x1, y1 = mouth_of(i)
+        lips = np.linspace([x0, y0], [x1, y1], len(LIPS_OUTER))  # corners of the box among the points
+        landmarks[i, list(LIPS_OUTER), :2] = lips
     np.savez(
         directory / clipfmt.META,
         frame_offsets=writer.close(),
+        landmarks=landmarks,
         speed=np.arange(num_frames, dtype=np.float32) / 100,
         mask=mask,
     )
@@ -109,6 +121,24 @@ def test_stage1_reference_is_another_frame_of_the_same_clip(dataset_dir):
         "talk_000": list(range(24)),
         "talk_001": list(range(20)),
     }
+
+
+def expected_mouth(i: int) -> torch.Tensor:
+    x0, y0, x1, y1 = mouth_of(i)
+    pad = MOUTH_MARGIN * (x1 - x0)
+    return torch.tensor([x0 - pad, y0 - pad, x1 + pad, y1 + pad]) / SIZE
+
+
+def test_items_carry_each_target_frames_mouth_box(dataset_dir):
+    """The mouth box (for train.mouth_weight) is the target frame's own: it follows the lips frame by frame."""
+    item = Stage1Dataset(dataset_dir, seed=0)[5]
+    assert torch.allclose(item["mouth"], expected_mouth(frame_index(item["target"]))[None])
+    data = VideoClipDataset(dataset_dir, num_motion_frames=2, num_frames=4, audio_window=1, seed=0)
+    item = data[1]
+    current = [frame_index(frame) for frame in item["frames"][2:]]
+    assert item["mouth"].shape == (4, 4)
+    assert torch.allclose(item["mouth"], torch.stack([expected_mouth(i) for i in current]))
+    assert len({round(float(box[3]), 4) for box in item["mouth"]}) > 1  # it moves
 
 
 def test_stage1_is_deterministic_per_seed_and_epoch(dataset_dir):

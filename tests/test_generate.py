@@ -186,6 +186,37 @@ def test_strength_starts_from_the_noised_start_and_runs_the_last_steps(sampler):
         GenerationOptions(strength=0.0).validate()
 
 
+def portrait_gap(weights, audio, out, denoised: str, monkeypatch) -> float:
+    """Generate with a network that predicts "no difference" (the ε that makes x0 = 0) on a ``denoised``
+    model; -> the decoded latents' mean distance to the portrait's latent, relative to its size."""
+    from emo.sampling import training_schedule
+
+    alphas = training_schedule().alphas_cumprod
+    pipe = EMOPipeline.from_weights(weights)
+    pipe.model.denoised, pipe.model.residual_scale = denoised, 10.0
+    monkeypatch.setattr(  # ε = x_t / sqrt(1 - ᾱ_t)  <=>  x0 = 0
+        pipe.model,
+        "forward",
+        lambda x, t, *_: x / (1 - alphas[t.long().cpu()]).sqrt().to(x)[:, None, None, None, None],
+    )
+    portrait, decoded = [], []
+    encode, decode = pipe.encode_image, pipe.codec.decode
+    monkeypatch.setattr(pipe, "encode_image", lambda image: portrait.append(encode(image)) or portrait[-1])
+    monkeypatch.setattr(pipe.codec, "decode", lambda z: decoded.append(z) or decode(z))
+    pipe.generate(PORTRAIT, audio, out, FAST, progress=False)
+    latents = torch.cat(decoded)
+    assert latents.shape[0] == 15
+    return ((latents - portrait[0]).abs().mean() / portrait[0].abs().mean()).item()
+
+
+def test_a_residual_model_generates_around_the_portrait(weights, short_audio, tmp_path, monkeypatch):
+    """`denoised: residual`: the network denoises frame − portrait latent and the pipeline adds the portrait
+    back, so a network that predicts "no difference" gives the portrait in every frame (up to the noise SD's
+    last DDIM step keeps, sqrt(1 - ᾱ_0), divided by the scale); on a frames model it gives near-zero latents."""
+    assert portrait_gap(weights, short_audio, tmp_path / "residual.mp4", "residual", monkeypatch) < 0.2
+    assert portrait_gap(weights, short_audio, tmp_path / "frames.mp4", "frames", monkeypatch) > 0.5
+
+
 def test_bfloat16_runs_on_cpu(weights, short_audio, tmp_path):
     pipe = EMOPipeline.from_weights(weights, dtype=torch.bfloat16)
     decoded = record_frames(pipe)

@@ -323,6 +323,29 @@ def test_save_load_round_trip_is_exact(model, tmp_path):
     assert torch.equal(run(model, x), run(loaded, x))
 
 
+def test_a_residual_model_denoises_the_scaled_difference_from_the_reference(tmp_path):
+    """`denoised: residual` (the small model): to_denoised / from_denoised invert each other, the reference
+    itself maps to zeros (what an under-trained model falls back to), and the setting survives a save."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    frames, reference = torch.randn(2, 3, 4, H, W), torch.randn(2, 4, H, W)
+    plain = EMO.from_config(CFG)
+    assert plain.to_denoised(frames, reference) is frames and plain.from_denoised(frames, reference) is frames
+    residual = EMO.from_config(replace(CFG, denoised="residual", residual_scale=2.5))
+    x = residual.to_denoised(frames, reference)
+    assert torch.allclose(x, 2.5 * (frames - reference[:, None]))
+    assert torch.allclose(residual.from_denoised(x, reference), frames, atol=1e-6)
+    assert residual.to_denoised(reference[:, None].expand_as(frames), reference).abs().max() == 0
+    residual.save_pretrained(tmp_path / "ckpt")
+    loaded = EMO.from_pretrained(tmp_path / "ckpt")
+    assert (loaded.denoised, loaded.residual_scale) == ("residual", 2.5)
+    plain.save_pretrained(tmp_path / "plain")
+    assert EMO.from_pretrained(tmp_path / "plain").denoised == "frames"
+    with pytest.raises(EmoError, match="denoised must be one of"):
+        EMO.from_config(replace(CFG, denoised="x0"))
+
+
 def test_missing_component_is_a_clear_error(model, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     import shutil

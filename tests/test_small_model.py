@@ -64,7 +64,9 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
-def small_config(dataset: Path, stage: int, out: Path, init: dict, **data) -> object:
+def small_config(
+    dataset: Path, stage: int, out: Path, init: dict, train: dict | None = None, **data
+) -> object:
     return config_from_dict(
         {
             "stage": stage,
@@ -80,7 +82,7 @@ def small_config(dataset: Path, stage: int, out: Path, init: dict, **data) -> ob
                 "latents": True,
                 **data,
             },
-            "train": {"batch_size": 1, "max_steps": 2, "lr": 1e-4, "weight_decay": 0.0},
+            "train": {"batch_size": 1, "max_steps": 2, "lr": 1e-4, "weight_decay": 0.0, **(train or {})},
             "run": {"output_dir": str(out), "checkpoint_every": 100, "validate_every": 0},
         }
     )
@@ -151,13 +153,20 @@ def test_exported_model_carries_its_codec_and_audio_front_end(dataset, tmp_path)
     from emo.media import probe_video
 
     stage1 = Trainer(small_config(dataset, 1, tmp_path / "stage1", {})).fit()
-    Trainer(small_config(dataset, 2, tmp_path / "stage2", {"checkpoint": str(stage1.run_dir)})).fit()
+    stage2 = small_config(
+        dataset, 2, tmp_path / "stage2", {"checkpoint": str(stage1.run_dir)}, {"mouth_weight": 4.0}
+    )
+    Trainer(stage2).fit()
     out = tmp_path / "weights"
     assert main(["train", "export", str(tmp_path / "stage2"), "--out", str(out), "--half"]) == 0
     assert json.loads((out / FRONT_END_RECORD).read_text())["kind"] == "log_mel"
     pipe = EMOPipeline.from_weights(out)  # codec/ and audio_front_end.json from inside the directory
     assert isinstance(pipe.codec, TinyAutoencoderCodec) and pipe.codec.latent_channels == 32
     assert isinstance(pipe.audio_encoder, LogMelFrontEnd)
+    assert (pipe.model.denoised, pipe.model.residual_scale) == (
+        "residual",
+        2.0,
+    )  # the preset's, kept by export
     assert next(EMOPipeline.from_weights(out).model.parameters()).dtype == torch.float32  # computes as asked
     video = tmp_path / "out.mp4"
     opts = GenerationOptions(steps=2, size=128, fps=10, clip_frames=2, motion_frames=1)

@@ -182,6 +182,19 @@ def test_min_snr_weights_down_weight_only_low_noise_steps():
     assert (snr > 5).any() and (snr <= 5).any()
 
 
+def test_mouth_weight_counts_the_mouths_latents_more():
+    """train.mouth_weight: latents whose centre lies in the frame's mouth box count 1 + w times."""
+    from emo.training.loss import box_weights
+
+    boxes = torch.tensor([[[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.26, 0.26]]])  # (B=1, F=2, 4)
+    weights = box_weights(boxes, 4, 4, 3.0)  # latent centres at 0.125, 0.375, 0.625, 0.875
+    assert weights.shape == (1, 2, 1, 4, 4)
+    expected = torch.ones(2, 4, 4)
+    expected[0, 2:, 1:3] = 4.0
+    expected[1, :1, :1] = 4.0
+    assert torch.equal(weights[0, :, 0], expected)
+
+
 def test_deepspeed_takes_batch_accumulation_and_clipping_from_the_stage_config():
     """accelerate lets a DeepSpeed config's gradient_accumulation_steps win over the stage config's with only
     a warning; the trainer writes the stage config's values into the plugin's config instead. Checked on the

@@ -36,6 +36,11 @@ class ModelConfig:
     speed_hidden: int = 256
     # face locator
     face_locator_channels: tuple[int, ...] = (16, 32, 64, 128)
+    # what the network denoises: "frames" (the paper) or "residual", each frame's latent minus the clean
+    # reference latent, times `residual_scale` (to unit variance). An under-trained residual model falls back
+    # to the portrait instead of noise, and its loss sits on what moves: mouth, eyes, head (EMO.md §8).
+    denoised: str = "frames"
+    residual_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +89,11 @@ def small() -> ModelConfig:
         audio_hidden=256,
         token_dim=256,
         speed_hidden=64,
+        # Residual: a network this small, trained for an hour, cannot turn pure noise into a face; denoising
+        # the difference from the portrait, it falls back to the portrait. Two frames of one clip differ by
+        # 0.48 rms in TAEF2 latents (the latents themselves: 1.0), hence the scale 2.
+        denoised="residual",
+        residual_scale=2.0,
     )
 
 

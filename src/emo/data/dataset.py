@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from emo.conditioning.face import mouth_boxes
 from emo.conditioning.windows import window_index
 from emo.data.clips import AUDIO_FEATURES, LATENTS, META, read_frames
 from emo.data.manifest import read_manifest
@@ -91,11 +92,15 @@ class _ClipDataset(torch.utils.data.Dataset):
         with np.load(self.root / clip["path"] / META) as meta:  # npz members load lazily, one by one
             return {f: meta[f] for f in fields}
 
+    def _mouth(self, meta: dict[str, np.ndarray], frames: list[int]) -> torch.Tensor:
+        """(len(frames), 4) mouth boxes as fractions of the frame (for train.mouth_weight)."""
+        return torch.from_numpy(mouth_boxes(meta["landmarks"][frames], meta["mask"].shape[-1]))
+
 
 class Stage1Dataset(_ClipDataset):
     """Stage 1 (image) samples, one per frame of every clip.
 
-    Item: ``dict(target=(3, H, W), reference=(3, H, W), mask=(1, H, W), clip_id=str)``; images are
+    Item: ``dict(target=(3, H, W), reference=(3, H, W), mask=(1, H, W), mouth=(1, 4), clip_id=str)``; images are
     float32 in [-1, 1], the mask float32 in {0, 1}. The reference is a random other frame of the
     target's clip (the paper: "a random frame from the same video clip as reference").
 
@@ -129,13 +134,14 @@ class Stage1Dataset(_ClipDataset):
         target = index - self._starts[c]
         other = int(self._rng(index).integers(clip["num_frames"] - 1))
         reference = other + (other >= target)  # uniform over the clip's other frames
-        meta = self._meta(clip, "frame_offsets", "mask")
+        meta = self._meta(clip, "frame_offsets", "mask", "landmarks")
         if self.latents:
             latents = self._read_latents(clip, [target, reference])  # (2, C, h, w)
             return {
                 "target_latent": latents[0],
                 "reference_latent": latents[1],
                 "mask": _mask_tensor(meta["mask"], self.size),
+                "mouth": self._mouth(meta, [target]),
                 "clip_id": clip["clip_id"],
             }
         frames = _to_tensor(
@@ -145,6 +151,7 @@ class Stage1Dataset(_ClipDataset):
             "target": frames[0],  # (3, H, W)
             "reference": frames[1],  # (3, H, W)
             "mask": _mask_tensor(meta["mask"], self.size),  # (1, H, W)
+            "mouth": self._mouth(meta, [target]),  # (1, 4)
             "clip_id": clip["clip_id"],
         }
 
@@ -153,7 +160,8 @@ class VideoClipDataset(_ClipDataset):
     """Stage 2/3 (video) samples: windows of n motion + f current frames with audio and speed.
 
     Item: ``dict(frames=(n+f, 3, H, W), reference=(3, H, W), mask=(1, H, W), audio=(f, 2m+1, L, D),
-    speed=(f, 2m+1), clip_id=str)``. ``audio`` equals ``window(features_of_whole_clip, m)`` sliced to
+    speed=(f, 2m+1), mouth=(f, 4), clip_id=str)``. ``mouth`` is each current frame's mouth box (fractions of the
+    frame, :func:`emo.conditioning.face.mouth_boxes`). ``audio`` equals ``window(features_of_whole_clip, m)`` sliced to
     the f current frames (emo.conditioning.windows.window), so the ±m context of a window's edge frames
     comes from the real neighbouring frames, and only the clip's own ends are replicate-padded;
     ``speed`` (degrees per frame at the dataset fps) is windowed the same way.
@@ -229,7 +237,7 @@ class VideoClipDataset(_ClipDataset):
         else:
             reference = int(rng.integers(total))
 
-        meta = self._meta(clip, "frame_offsets", "mask", "speed")
+        meta = self._meta(clip, "frame_offsets", "mask", "speed", "landmarks")
         if self.latents:
             images = self._read_latents(clip, [*window_frames, reference])  # (n+f+1, C, h, w)
         else:
@@ -254,5 +262,6 @@ class VideoClipDataset(_ClipDataset):
             "mask": _mask_tensor(meta["mask"], self.size),  # (1, H, W)
             "audio": audio,
             "speed": speed,
+            "mouth": self._mouth(meta, window_frames[self.n :]),  # (f, 4) of the current frames
             "clip_id": clip["clip_id"],
         }

@@ -279,7 +279,7 @@ class EMOPipeline:
         opts: GenerationOptions,
         on_step=None,
     ) -> torch.Tensor:
-        """One clip: (1, f, C, h, w) noise -> denoised latents, with one ReferenceNet pass."""
+        """One clip: (1, f, C, h, w) noise -> its frame latents, with one ReferenceNet pass."""
         passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
         reference_variants = sorted({ref_on for ref_on, _ in passes}, reverse=True)  # True first
         images = torch.cat([reference if on else torch.zeros_like(reference) for on in reference_variants])
@@ -304,8 +304,10 @@ class EMOPipeline:
             if on_step is not None:
                 on_step()
 
-        start = reference[:, None]  # (1, 1, C, h, w): every frame starts from the reference (strength < 1)
-        return sample(denoiser, noise, opts.sampler, opts.steps, step_done, start, opts.strength)
+        # (1, 1, C, h, w): with strength < 1 every frame starts from the reference (SDEdit)
+        start = self.model.to_denoised(reference[:, None], reference)
+        denoised = sample(denoiser, noise, opts.sampler, opts.steps, step_done, start, opts.strength)
+        return self.model.from_denoised(denoised, reference.float())
 
     def generate(
         self,

@@ -32,6 +32,7 @@ COMPONENTS = (
     "audio_projector",
     "speed_encoder",
 )
+DENOISED = ("frames", "residual")  # what the network denoises (ModelConfig.denoised)
 SUBFOLDERS = ("backbone", "reference_net", "face_locator", "audio_projector", "speed_encoder")
 
 
@@ -76,8 +77,16 @@ class EMO(nn.Module):
         face_locator: FaceLocator,
         audio_projector: AudioProjector,
         speed_encoder: SpeedEncoder,
+        denoised: str = "frames",
+        residual_scale: float = 1.0,
     ):
         super().__init__()
+        if denoised not in DENOISED:
+            raise EmoError(f"denoised must be one of {', '.join(DENOISED)}, got {denoised!r}")
+        if not residual_scale > 0:
+            raise EmoError(f"residual_scale must be > 0, got {residual_scale}")
+        self.denoised = denoised
+        self.residual_scale = float(residual_scale)
         self.backbone = backbone
         self.reference_net = reference_net
         self.face_locator = face_locator
@@ -125,6 +134,8 @@ class EMO(nn.Module):
                 hidden_dim=cfg.speed_hidden,
                 token_dim=cfg.token_dim,
             ),
+            denoised=cfg.denoised,
+            residual_scale=cfg.residual_scale,
         )
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -132,7 +143,15 @@ class EMO(nn.Module):
         for name in SUBFOLDERS:
             getattr(self, name).save_pretrained(directory / name, safe_serialization=True)
         (directory / "emo.json").write_text(
-            json.dumps({"format": "emo", "components": list(SUBFOLDERS)}, indent=2)
+            json.dumps(
+                {
+                    "format": "emo",
+                    "components": list(SUBFOLDERS),
+                    "denoised": self.denoised,
+                    "residual_scale": self.residual_scale,
+                },
+                indent=2,
+            )
         )
 
     @classmethod
@@ -151,13 +170,40 @@ class EMO(nn.Module):
             audio_projector=AudioProjector,
             speed_encoder=SpeedEncoder,
         )
+        meta = {}
+        if (directory / "emo.json").is_file():
+            try:
+                meta = json.loads((directory / "emo.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise EmoError(f"cannot read {directory / 'emo.json'}: {exc}") from exc
+            if not isinstance(meta, dict):
+                raise EmoError(f"{directory / 'emo.json'} is not a JSON object: re-export the model")
         parts = {}
         for name in SUBFOLDERS:
             try:
                 parts[name] = classes[name].from_pretrained(directory / name, torch_dtype=torch_dtype)
             except WEIGHT_LOAD_ERRORS as exc:
                 raise EmoError(f"cannot load {directory / name}: {str(exc).splitlines()[0]}") from exc
-        return cls(**parts)
+        # Checkpoints written before the residual option denoise frames.
+        return cls(
+            **parts,
+            denoised=meta.get("denoised", "frames"),
+            residual_scale=meta.get("residual_scale", 1.0),
+        )
+
+    # -- what is denoised ----------------------------------------------------------------------------
+    def to_denoised(self, frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """(B, F, C, h, w) frame latents -> what the network denoises, given the clean reference latent
+        (B, C, h, w): the frames themselves, or their scaled difference from the reference."""
+        if self.denoised == "frames":
+            return frames
+        return (frames - reference[:, None]) * self.residual_scale
+
+    def from_denoised(self, denoised: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_denoised`: denoised latents -> (B, F, C, h, w) frame latents."""
+        if self.denoised == "frames":
+            return denoised
+        return denoised / self.residual_scale + reference[:, None]
 
     # -- training ----------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

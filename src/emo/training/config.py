@@ -77,6 +77,10 @@ class TrainConfig:
     snr_gamma: float | None = (
         None  # min-SNR-γ loss weighting (Hang et al. 2023; 5.0 is usual); None = plain MSE
     )
+    # extra loss weight on the mouth (its box from the lip landmarks, at latent resolution): the loss there
+    # counts 1 + mouth_weight times, so the few latents that follow the audio are not lost in the rest
+    # (Hallo's lip emphasis; 0 = EMO's plain Eq. 1)
+    mouth_weight: float = 0.0
     ema_decay: float | None = None  # keep an EMA of the trained weights (e.g. 0.9999); None = off
     drop_reference: float = 0.05  # P(reference image -> zero latent) (classifier-free guidance, EMO.md §3)
     drop_audio: float = 0.05  # P(audio features -> zeros) (stages 2/3)
@@ -171,6 +175,7 @@ class StageConfig:
                 f"must be one of {', '.join(MIXED_PRECISION)}, got {t.mixed_precision!r}",
             ),
             (t.noise_offset >= 0, "train.noise_offset", f"must be >= 0, got {t.noise_offset}"),
+            (t.mouth_weight >= 0, "train.mouth_weight", f"must be >= 0, got {t.mouth_weight}"),
             (
                 t.snr_gamma is None or t.snr_gamma > 0,
                 "train.snr_gamma",

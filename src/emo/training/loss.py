@@ -63,6 +63,16 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return torch.clamp(snr, max=gamma) / snr
 
 
+def box_weights(boxes: torch.Tensor, height: int, width: int, extra: float) -> torch.Tensor:
+    """(B, F, 4) boxes x0, y0, x1, y1 (fractions of the frame) -> (B, F, 1, height, width) loss weights:
+    1 + extra on the latents whose centre lies in the box, 1 elsewhere."""
+    ys = (torch.arange(height, device=boxes.device) + 0.5) / height  # latent centres
+    xs = (torch.arange(width, device=boxes.device) + 0.5) / width
+    x0, y0, x1, y1 = (boxes[..., i, None, None] for i in range(4))  # (B, F, 1, 1)
+    inside = (ys[:, None] >= y0) & (ys[:, None] <= y1) & (xs >= x0) & (xs <= x1)  # (B, F, h, w)
+    return (1 + extra * inside.float())[:, :, None]
+
+
 def denoising_loss(
     net: nn.Module,
     inputs: ModelInputs,
@@ -71,10 +81,12 @@ def denoising_loss(
     t: TrainConfig,
     gen: torch.Generator,
     device,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """EMO Eq. 1 on one micro-batch. ``net`` is the (accelerate-prepared) :class:`TrainingModel`; every
-    random draw (noise, timesteps, condition dropout) comes from ``gen``."""
-    target = inputs.target  # (B, F, C, h, w)
+    random draw (noise, timesteps, condition dropout) comes from ``gen``. ``target`` is what the network
+    denoises (``EMO.to_denoised``); the frame latents by default."""
+    target = inputs.target if target is None else target  # (B, F, C, h, w)
     b = target.shape[0]
     noise = torch.randn(target.shape, generator=gen)  # (B, F, C, h, w)
     if t.noise_offset:  # one offset per (video, channel): lets the model shift a clip's mean brightness
@@ -97,7 +109,10 @@ def denoising_loss(
 
     cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
     eps = net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
-    per_sample = (eps.float() - noise).pow(2).flatten(1).mean(1)  # (B,)  EMO Eq. 1
+    error = (eps.float() - noise).pow(2)  # (B, F, C, h, w)
+    if t.mouth_weight and inputs.mouth is not None:
+        error = error * box_weights(inputs.mouth, *error.shape[-2:], t.mouth_weight)
+    per_sample = error.flatten(1).mean(1)  # (B,)  EMO Eq. 1
     if t.snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(alphas_cumprod, timesteps, t.snr_gamma)
     return per_sample.mean()

@@ -41,6 +41,7 @@ class ModelInputs:
     audio: torch.Tensor | None  # (B, F, 2m+1, L, D) windowed audio features (stages 2/3)
     speed: torch.Tensor | None  # (B, F, 2m+1) windowed head speeds (stage 3)
     mask: torch.Tensor  # (B, 1, H, W) face-region mask at pixel resolution
+    mouth: torch.Tensor | None = None  # (B, F, 4) each target frame's mouth box, fractions of the frame
 
 
 def build_model(cfg: StageConfig):
@@ -134,10 +135,11 @@ def encode_batch(
         return cached_inputs(batch, cfg, device, dtype)
 
     mask = batch["mask"].to(device)  # (B, 1, H, W)
+    mouth = batch["mouth"].to(device) if "mouth" in batch else None  # (B, F, 4)
     reference = encode(batch["reference"], sample=False)  # (B, C, h, w)
     if not cfg.video:
         target = encode(batch["target"], sample=True)[:, None]  # (B, 1, C, h, w)
-        return ModelInputs(target, reference, None, 0, None, None, mask)
+        return ModelInputs(target, reference, None, 0, None, None, mask, mouth)
 
     n = cfg.data.num_motion_frames
     frames = batch["frames"]  # (B, n+f, 3, H, W)
@@ -156,23 +158,23 @@ def encode_batch(
     )  # (B, f, C, h, w)
     audio = batch["audio"].to(device)  # (B, f, 2m+1, L, D)
     speed = batch["speed"].to(device) if cfg.stage >= 3 else None  # (B, f, 2m+1)
-    return ModelInputs(target, reference, motion, n, audio, speed, mask)
+    return ModelInputs(target, reference, motion, n, audio, speed, mask, mouth)
 
 
 def cached_inputs(batch: dict, cfg: StageConfig, device, dtype) -> ModelInputs:
     """Dataset items with cached latents (``data.latents``) -> ModelInputs, as :func:`encode_batch`."""
     mask = batch["mask"].to(device)  # (B, 1, H, W)
+    mouth = batch["mouth"].to(device) if "mouth" in batch else None  # (B, F, 4)
     reference = batch["reference_latent"].to(device, dtype)  # (B, C, h, w)
     if not cfg.video:
         return ModelInputs(
-            batch["target_latent"].to(device, dtype)[:, None], reference, None, 0, None, None, mask
+            batch["target_latent"].to(device, dtype)[:, None], reference, None, 0, None, None, mask, mouth
         )
     n = cfg.data.num_motion_frames
     latents = batch["latents"].to(device, dtype)  # (B, n+f, C, h, w)
     speed = batch["speed"].to(device) if cfg.stage >= 3 else None
-    return ModelInputs(
-        latents[:, n:], reference, latents[:, :n] if n else None, n, batch["audio"].to(device), speed, mask
-    )
+    motion = latents[:, :n] if n else None
+    return ModelInputs(latents[:, n:], reference, motion, n, batch["audio"].to(device), speed, mask, mouth)
 
 
 def check_cached_latents(root, codec: LatentCodec, spec: str) -> None:

@@ -326,8 +326,9 @@ class Trainer:
                 inputs = encode_batch(batch, self.codec, self.cfg, gen, self.device, self.dtype)
                 check_audio_features(inputs, self.model)
                 with acc.accumulate(self.net):
+                    target = self.model.to_denoised(inputs.target, inputs.reference)
                     loss = denoising_loss(
-                        self.net, inputs, self.noise, self.alphas_cumprod, t, gen, self.device
+                        self.net, inputs, self.noise, self.alphas_cumprod, t, gen, self.device, target
                     )
                     mean_loss = acc.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(mean_loss):

@@ -49,7 +49,7 @@ def validation_loss(
     shape = inputs.target.shape[1:]
     noise = torch.randn((points, *shape), generator=gen).to(device)  # (P, F, C, h, w)
     timesteps = torch.linspace(0, NUM_TRAIN_TIMESTEPS - 1, points + 2)[1:-1].round().long().to(device)
-    target = inputs.target.float().expand(points, *shape)
+    target = model.to_denoised(inputs.target.float(), inputs.reference.float()).expand(points, *shape)
     noisy = schedule.add_noise(target, noise, timesteps)
 
     def repeat(x):
@@ -75,9 +75,10 @@ def sample_video(model, inputs: ModelInputs, codec: LatentCodec, accelerator, se
     cond = Conditioning(audio=inputs.audio, speed=inputs.speed, face_mask=inputs.mask)
     with accelerator.autocast():
         features = model.reference_features(inputs.reference, inputs.motion, inputs.num_motion)
-        latents = sample(
+        denoised = sample(
             lambda x, t: model(x, t.reshape(1).to(device), cond, features).float(), noise, "ddim", steps
         )
+        latents = model.from_denoised(denoised, inputs.reference.float())
         pixels = codec.decode(latents[0].to(dtype))  # (F, 3, H, W)
     model.train()
     return to_uint8_frames(pixels).cpu()  # (F, 3, H, W)

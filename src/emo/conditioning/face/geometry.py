@@ -234,3 +234,17 @@ def region_mask(region: str | Box, face_box_in_crop: Box | None, size: int) -> n
         raise EmoError(f"region {region!r} needs a detected face; use --region full or --region x0,y0,x1,y1")
     scale_w, scale_h = REGION_SCALES[region]
     return box_mask(face_box_in_crop.expand(scale_w, scale_h), size)
+
+
+# Face Mesh's outer lip contour (corners 61 / 291, top 0, bottom 17).
+LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+MOUTH_MARGIN = 0.25  # of the lips' width, on every side: the chin and cheeks move with the lips
+
+
+def mouth_boxes(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """(F, 478, 3) Face Mesh landmarks in pixels of a size² crop -> (F, 4) float32 mouth boxes x0, y0, x1, y1
+    as fractions of the crop: the outer lips grown by MOUTH_MARGIN, clipped to the crop."""
+    points = landmarks[:, LIPS_OUTER, :2]  # (F, 20, 2)
+    low, high = points.min(1), points.max(1)  # (F, 2)
+    pad = MOUTH_MARGIN * (high[:, :1] - low[:, :1])  # (F, 1)
+    return np.clip(np.concatenate([low - pad, high + pad], 1) / size, 0.0, 1.0).astype(np.float32)
