@@ -57,7 +57,15 @@ def main() -> None:
                         gen = torch.Generator().manual_seed(1000 * i + k)
                         target = model.to_denoised(inputs.target, inputs.reference)
                         loss = denoising_loss(
-                            net, inputs, schedule, schedule.alphas_cumprod, plain, gen, "cpu", target
+                            net,
+                            inputs,
+                            schedule,
+                            schedule.alphas_cumprod,
+                            plain,
+                            gen,
+                            "cpu",
+                            target,
+                            model.prediction,
                         )
                         losses[key].append(loss.item())
     print(

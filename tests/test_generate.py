@@ -186,6 +186,26 @@ def test_strength_starts_from_the_noised_start_and_runs_the_last_steps(sampler):
         GenerationOptions(strength=0.0).validate()
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+def test_a_v_prediction_denoiser_samples_its_clean_latents(sampler):
+    """`prediction: v_prediction`: a denoiser that returns the true v for known clean latents x0
+    (v = α·ε − σ·x0, with ε = (x_t − α·x0) / σ) samples x0, as an ε oracle does for ε-prediction."""
+    from emo.sampling import training_schedule
+
+    alphas = training_schedule().alphas_cumprod
+    clean = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def oracle(x, t):
+        a, s = alphas[int(t)].sqrt(), (1 - alphas[int(t)]).sqrt()
+        return a * (x - a * clean) / s - s * clean
+
+    error = (sample(oracle, noise, sampler, 20, prediction="v_prediction") - clean).abs().mean()
+    assert error < 0.05  # DDIM's last step keeps SD's sqrt(1 - ᾱ_0) of the noise
+    misread = (sample(oracle, noise, sampler, 20) - clean).abs().mean()  # the same outputs read as ε
+    assert misread > 2 * error + 0.03
+
+
 def portrait_gap(weights, audio, out, denoised: str, monkeypatch) -> float:
     """Generate with a network that predicts "no difference" (the ε that makes x0 = 0) on a ``denoised``
     model; -> the decoded latents' mean distance to the portrait's latent, relative to its size."""

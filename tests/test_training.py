@@ -180,6 +180,8 @@ def test_min_snr_weights_down_weight_only_low_noise_steps():
     assert torch.allclose(w[snr <= 5], torch.ones_like(w[snr <= 5]))  # noisy steps: plain MSE
     assert torch.allclose(w[snr > 5] * snr[snr > 5], torch.full_like(w[snr > 5], 5.0))  # clean steps: γ / SNR
     assert (snr > 5).any() and (snr <= 5).any()
+    v = min_snr_weights(alphas, t, 5.0, "v_prediction")  # v-prediction: min(SNR, γ) / (SNR + 1)
+    assert torch.allclose(v, torch.clamp(snr, max=5.0) / (snr + 1))
 
 
 def test_mouth_weight_counts_the_mouths_latents_more():

@@ -16,27 +16,41 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from emo.errors import EmoError
 
 NUM_TRAIN_TIMESTEPS = 1000
-# SD1.5's DDPM schedule (EMO paper Eq. 1): scaled-linear betas 0.00085 -> 0.012, ε-prediction.
+# SD1.5's DDPM schedule (EMO paper Eq. 1): scaled-linear betas 0.00085 -> 0.012.
 SCHEDULE = dict(
     num_train_timesteps=NUM_TRAIN_TIMESTEPS,
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
-    prediction_type="epsilon",
 )
 SAMPLERS = ("ddim", "dpm++")
+# What the network predicts: ε (SD1.5 and the paper) or v = α·ε − σ·x0 (Salimans & Ho 2022). With v, the
+# clean latents are α·x_t − σ·v: near t = 0 the input passes through (σ -> 0) and near t = T the network
+# only has to give the (small) clean latents, where ε-prediction must copy the input's noise exactly and
+# divides its error by α_T ≈ 0.07. A narrow UNet with 32 latent channels (the small model) cannot.
+# The options are emo.config.PREDICTIONS.
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, t) -> ε, float32
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, t) -> ε or v, float32
 
 
-def training_schedule() -> DDPMScheduler:
+def training_schedule(prediction: str = "epsilon") -> DDPMScheduler:
     """The schedule training noises with (``add_noise``, ``alphas_cumprod`` for min-SNR weights)."""
-    return DDPMScheduler(**SCHEDULE)
+    return DDPMScheduler(**SCHEDULE, prediction_type=prediction)
 
 
-def make_scheduler(sampler: str):
+def prediction_target(
+    clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, prediction: str
+) -> torch.Tensor:
+    """What a network predicting ``prediction`` should output for ``clean`` noised with ``noise`` at
+    ``timesteps`` (B,): ε itself, or v = sqrt(ᾱ_t)·ε − sqrt(1 - ᾱ_t)·x0."""
+    if prediction == "epsilon":
+        return noise
+    return training_schedule().get_velocity(clean, noise, timesteps)
+
+
+def make_scheduler(sampler: str, prediction: str = "epsilon"):
     """SD1.5's schedule with the chosen sampler: DDIM (the paper's) or DPM-Solver++ 2M (fewer steps)."""
-    inference = dict(SCHEDULE, steps_offset=1, timestep_spacing="leading")
+    inference = dict(SCHEDULE, prediction_type=prediction, steps_offset=1, timestep_spacing="leading")
     if sampler == "ddim":
         return DDIMScheduler(**inference, clip_sample=False, set_alpha_to_one=False)
     if sampler == "dpm++":
@@ -58,15 +72,17 @@ def sample(
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     start: torch.Tensor | None = None,
     strength: float = 1.0,
+    prediction: str = "epsilon",
 ) -> torch.Tensor:
     """Denoise ``noise`` (unit Gaussian, any shape the denoiser takes) in ``steps`` steps -> clean latents.
 
     ``strength`` < 1 starts from ``start`` (clean latents broadcastable to ``noise``) noised to that point of
     the schedule and runs only the last ``strength`` share of the steps (SDEdit / img2img): the layout comes
     from ``start``, the detail from the model. 1.0 starts from pure noise (the paper).
-    ``callback(step_index, t, latents)`` runs after each step (progress bars, tests).
+    ``callback(step_index, t, latents)`` runs after each step (progress bars, tests). ``prediction``: what
+    the denoiser returns (``emo.config.PREDICTIONS``).
     """
-    scheduler = make_scheduler(sampler)
+    scheduler = make_scheduler(sampler, prediction)
     scheduler.set_timesteps(steps, device=noise.device)
     timesteps = scheduler.timesteps
     if strength < 1.0:
@@ -80,8 +96,8 @@ def sample(
     else:
         latents = noise * scheduler.init_noise_sigma
     for i, t in enumerate(timesteps):
-        eps = denoiser(scheduler.scale_model_input(latents, t), t)
-        latents = scheduler.step(eps, t, latents).prev_sample
+        output = denoiser(scheduler.scale_model_input(latents, t), t)
+        latents = scheduler.step(output, t, latents).prev_sample
         if callback is not None:
             callback(i, t, latents)
     return latents

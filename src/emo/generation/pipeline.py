@@ -306,7 +306,8 @@ class EMOPipeline:
 
         # (1, 1, C, h, w): with strength < 1 every frame starts from the reference (SDEdit)
         start = self.model.to_denoised(reference[:, None], reference)
-        denoised = sample(denoiser, noise, opts.sampler, opts.steps, step_done, start, opts.strength)
+        denoised = sample(denoiser, noise, opts.sampler, opts.steps, step_done, start, opts.strength,
+                          self.model.prediction)  # fmt: skip
         return self.model.from_denoised(denoised, reference.float())
 
     def generate(

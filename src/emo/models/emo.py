@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from emo.config import ModelConfig
+from emo.config import DENOISED, PREDICTIONS, ModelConfig
 from emo.errors import WEIGHT_LOAD_ERRORS, EmoError
 from emo.models.audio_projector import AudioProjector
 from emo.models.face_locator import FaceLocator
@@ -32,7 +32,6 @@ COMPONENTS = (
     "audio_projector",
     "speed_encoder",
 )
-DENOISED = ("frames", "residual")  # what the network denoises (ModelConfig.denoised)
 SUBFOLDERS = ("backbone", "reference_net", "face_locator", "audio_projector", "speed_encoder")
 
 
@@ -79,14 +78,18 @@ class EMO(nn.Module):
         speed_encoder: SpeedEncoder,
         denoised: str = "frames",
         residual_scale: float = 1.0,
+        prediction: str = "epsilon",
     ):
         super().__init__()
         if denoised not in DENOISED:
             raise EmoError(f"denoised must be one of {', '.join(DENOISED)}, got {denoised!r}")
         if not residual_scale > 0:
             raise EmoError(f"residual_scale must be > 0, got {residual_scale}")
+        if prediction not in PREDICTIONS:
+            raise EmoError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
         self.denoised = denoised
         self.residual_scale = float(residual_scale)
+        self.prediction = prediction  # what forward returns: ε or v (why v: emo.sampling)
         self.backbone = backbone
         self.reference_net = reference_net
         self.face_locator = face_locator
@@ -136,6 +139,7 @@ class EMO(nn.Module):
             ),
             denoised=cfg.denoised,
             residual_scale=cfg.residual_scale,
+            prediction=cfg.prediction,
         )
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -149,6 +153,7 @@ class EMO(nn.Module):
                     "components": list(SUBFOLDERS),
                     "denoised": self.denoised,
                     "residual_scale": self.residual_scale,
+                    "prediction": self.prediction,
                 },
                 indent=2,
             )
@@ -189,6 +194,7 @@ class EMO(nn.Module):
             **parts,
             denoised=meta.get("denoised", "frames"),
             residual_scale=meta.get("residual_scale", 1.0),
+            prediction=meta.get("prediction", "epsilon"),
         )
 
     # -- what is denoised ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from emo.models import Conditioning
-from emo.sampling import NUM_TRAIN_TIMESTEPS
+from emo.sampling import NUM_TRAIN_TIMESTEPS, prediction_target
 from emo.training.config import TrainConfig
 from emo.training.stages import ModelInputs
 
@@ -55,12 +55,14 @@ def dropout_events(u: torch.Tensor, p_reference: float, p_audio: float, p_both: 
     return (u < p_reference) | both, ((u >= p_reference) & (u < p_reference + p_audio)) | both
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023, Eq. 10): min(SNR(t), γ) / SNR(t), with
-    SNR(t) = ᾱ_t / (1 - ᾱ_t). Down-weights the easy low-noise timesteps; 1 where SNR <= γ."""
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, prediction: str = "epsilon"
+) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, Eq. 10), with SNR(t) = ᾱ_t / (1 - ᾱ_t): min(SNR, γ) / SNR for
+    ε-prediction (1 where SNR <= γ; down-weights the easy low-noise timesteps), min(SNR, γ) / (SNR + 1) for v."""
     alpha = alphas_cumprod[timesteps]
     snr = alpha / (1 - alpha)
-    return torch.clamp(snr, max=gamma) / snr
+    return torch.clamp(snr, max=gamma) / (snr if prediction == "epsilon" else snr + 1)
 
 
 def box_weights(boxes: torch.Tensor, height: int, width: int, extra: float) -> torch.Tensor:
@@ -82,10 +84,11 @@ def denoising_loss(
     gen: torch.Generator,
     device,
     target: torch.Tensor | None = None,
+    prediction: str = "epsilon",
 ) -> torch.Tensor:
     """EMO Eq. 1 on one micro-batch. ``net`` is the (accelerate-prepared) :class:`TrainingModel`; every
     random draw (noise, timesteps, condition dropout) comes from ``gen``. ``target`` is what the network
-    denoises (``EMO.to_denoised``); the frame latents by default."""
+    denoises (``EMO.to_denoised``; the frame latents by default), ``prediction`` what it outputs (ε or v)."""
     target = inputs.target if target is None else target  # (B, F, C, h, w)
     b = target.shape[0]
     noise = torch.randn(target.shape, generator=gen)  # (B, F, C, h, w)
@@ -109,12 +112,13 @@ def denoising_loss(
 
     cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
     eps = net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
-    error = (eps.float() - noise).pow(2)  # (B, F, C, h, w)
+    wanted = prediction_target(target.float(), noise, timesteps, prediction)  # ε, or v
+    error = (eps.float() - wanted).pow(2)  # (B, F, C, h, w)
     if t.mouth_weight and inputs.mouth is not None:
         error = error * box_weights(inputs.mouth, *error.shape[-2:], t.mouth_weight)
     per_sample = error.flatten(1).mean(1)  # (B,)  EMO Eq. 1
     if t.snr_gamma is not None:
-        per_sample = per_sample * min_snr_weights(alphas_cumprod, timesteps, t.snr_gamma)
+        per_sample = per_sample * min_snr_weights(alphas_cumprod, timesteps, t.snr_gamma, prediction)
     return per_sample.mean()
 
 

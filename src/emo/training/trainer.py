@@ -327,9 +327,8 @@ class Trainer:
                 check_audio_features(inputs, self.model)
                 with acc.accumulate(self.net):
                     target = self.model.to_denoised(inputs.target, inputs.reference)
-                    loss = denoising_loss(
-                        self.net, inputs, self.noise, self.alphas_cumprod, t, gen, self.device, target
-                    )
+                    loss = denoising_loss(self.net, inputs, self.noise, self.alphas_cumprod, t, gen,
+                                          self.device, target, self.model.prediction)  # fmt: skip
                     mean_loss = acc.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(mean_loss):
                         self._close()

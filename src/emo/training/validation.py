@@ -13,7 +13,7 @@ from emo.codec import LatentCodec, to_uint8_frames
 from emo.data.dataset_config import PreprocessConfig
 from emo.media import VideoWriter
 from emo.models import Conditioning
-from emo.sampling import NUM_TRAIN_TIMESTEPS, sample
+from emo.sampling import NUM_TRAIN_TIMESTEPS, prediction_target, sample
 from emo.training.config import StageConfig
 from emo.training.loss import step_generator
 from emo.training.stages import ModelInputs, encode_batch
@@ -43,7 +43,7 @@ def fixed_inputs(data, codec: LatentCodec, cfg: StageConfig, device, dtype) -> F
 def validation_loss(
     model, inputs: ModelInputs, schedule, accelerator, seed: int, device, points: int = 8
 ) -> float:
-    """The ε-MSE on ``inputs`` at ``points`` timesteps spread over [0, 1000), with fixed noise and no
+    """The MSE of the network's prediction (ε or v) on ``inputs`` at ``points`` timesteps spread over [0, 1000), with fixed noise and no
     condition dropout."""
     gen = torch.Generator().manual_seed(seed)
     shape = inputs.target.shape[1:]
@@ -63,7 +63,7 @@ def validation_loss(
         )
         eps = model(noisy, timesteps, cond, features).float()
     model.train()
-    return (eps - noise).pow(2).mean().item()
+    return (eps - prediction_target(target, noise, timesteps, model.prediction)).pow(2).mean().item()
 
 
 @torch.no_grad()
@@ -76,7 +76,11 @@ def sample_video(model, inputs: ModelInputs, codec: LatentCodec, accelerator, se
     with accelerator.autocast():
         features = model.reference_features(inputs.reference, inputs.motion, inputs.num_motion)
         denoised = sample(
-            lambda x, t: model(x, t.reshape(1).to(device), cond, features).float(), noise, "ddim", steps
+            lambda x, t: model(x, t.reshape(1).to(device), cond, features).float(),
+            noise,
+            "ddim",
+            steps,
+            prediction=model.prediction,
         )
         latents = model.from_denoised(denoised, inputs.reference.float())
         pixels = codec.decode(latents[0].to(dtype))  # (F, 3, H, W)
