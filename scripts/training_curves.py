@@ -46,7 +46,7 @@ def main(out: Path, runs: list[Path]) -> None:
         ax.set_title(run.name, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel("ε-MSE (training: min-SNR weighted)")
+    axes[0, 0].set_ylabel("prediction MSE, v here (training: min-SNR and mouth weighted)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")

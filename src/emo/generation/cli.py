@@ -100,7 +100,7 @@ def add_model_arguments(parser) -> None:
         "--model",
         choices=SHIPPED_MODELS,
         help="a trained model shipped with emo (the default: small, 128², trained on a few minutes of "
-        "talking heads; none ships yet)",
+        "talking heads: src/emo/assets/small/MODEL.md)",
     )
     source.add_argument(
         "--preset", choices=["tiny"], help="random tiny model: a smoke run, its video is noise"
