@@ -28,6 +28,16 @@ SPEECH = ROOT / "examples" / "speech.wav"
 FAST = ["--preset", "tiny", "--steps", "1", "--size", "64", "--fps", "10", "--quiet", "--no-cache"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_process_sigint():
+    """Ctrl-C as a fresh `emo` process has it: Python's KeyboardInterrupt handler. This pytest process has
+    imported many libraries by now, and in one full CI run SIGINT did nothing here (exit 0), while the test
+    passed alone and after test_generate; the handler is set back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def signal_at(monkeypatch, owner, name: str, signum: int, before: bool = False, when=None) -> None:
     """Make ``owner.name(...)`` send ``signum`` to this process once it has returned (or, ``before``, as it
     is called): a chosen moment of the work. ``when(*args)`` picks the call (default: the first one)."""

@@ -1,4 +1,5 @@
-"""The training loss (EMO paper Eq. 1): L = E[ ||ε - ε_θ(z_t, t, c)||² ] with SD1.5's DDPM schedule.
+"""The training loss (EMO paper Eq. 1): L = E[ ||ε - ε_θ(z_t, t, c)||² ] with SD1.5's DDPM schedule (or the same
+with v in place of ε, for a network that predicts v: emo.sampling), optionally with the mouth weighted more.
 
 Optionally weighted by min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting":
 w = min(SNR, γ) / SNR for ε-prediction). Conditions are dropped for classifier-free guidance (EMO.md §3, ours):
@@ -111,9 +112,9 @@ def denoising_loss(
         keep_motion = (torch.rand(b, generator=gen) >= t.drop_motion).float().to(device)
 
     cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
-    eps = net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
+    output = net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
     wanted = prediction_target(target.float(), noise, timesteps, prediction)  # ε, or v
-    error = (eps.float() - wanted).pow(2)  # (B, F, C, h, w)
+    error = (output.float() - wanted).pow(2)  # (B, F, C, h, w)
     if t.mouth_weight and inputs.mouth is not None:
         error = error * box_weights(inputs.mouth, *error.shape[-2:], t.mouth_weight)
     per_sample = error.flatten(1).mean(1)  # (B,)  EMO Eq. 1
