@@ -190,7 +190,7 @@ def test_strength_starts_from_the_noised_start_and_runs_the_last_steps(sampler):
 def test_a_v_prediction_denoiser_samples_its_clean_latents(sampler):
     """`prediction: v_prediction`: a denoiser that returns the true v for known clean latents x0
     (v = α·ε − σ·x0, with ε = (x_t − α·x0) / σ) samples x0, as an ε oracle does for ε-prediction."""
-    from emo.sampling import training_schedule
+    from emo.sampling import prediction_target, training_schedule
 
     alphas = training_schedule().alphas_cumprod
     clean = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -200,6 +200,12 @@ def test_a_v_prediction_denoiser_samples_its_clean_latents(sampler):
         a, s = alphas[int(t)].sqrt(), (1 - alphas[int(t)]).sqrt()
         return a * (x - a * clean) / s - s * clean
 
+    # Training's target is the same v: at any t, prediction_target gives what the oracle returns.
+    schedule, t = training_schedule(), torch.tensor([700])
+    noisy = schedule.add_noise(clean, noise, t)
+    assert torch.allclose(
+        prediction_target(schedule, clean, noise, t, "v_prediction"), oracle(noisy, t), atol=1e-5
+    )
     error = (sample(oracle, noise, sampler, 20, prediction="v_prediction") - clean).abs().mean()
     assert error < 0.05  # DDIM's last step keeps SD's sqrt(1 - ᾱ_0) of the noise
     misread = (sample(oracle, noise, sampler, 20) - clean).abs().mean()  # the same outputs read as ε

@@ -44,9 +44,8 @@ class ModelConfig:
     # to the portrait instead of noise, and its loss sits on what moves: mouth, eyes, head (EMO.md §8).
     denoised: str = "frames"
     residual_scale: float = 1.0
-    prediction: str = (
-        "epsilon"  # what the network outputs: "epsilon" (the paper) or "v_prediction" (emo.sampling)
-    )
+    # what the network outputs: "epsilon" (the paper) or "v_prediction" (why: emo.sampling)
+    prediction: str = "epsilon"
 
     def to_dict(self) -> dict:
         return asdict(self)

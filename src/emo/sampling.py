@@ -33,19 +33,23 @@ SAMPLERS = ("ddim", "dpm++")
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (latents, t) -> ε or v, float32
 
 
-def training_schedule(prediction: str = "epsilon") -> DDPMScheduler:
+def training_schedule() -> DDPMScheduler:
     """The schedule training noises with (``add_noise``, ``alphas_cumprod`` for min-SNR weights)."""
-    return DDPMScheduler(**SCHEDULE, prediction_type=prediction)
+    return DDPMScheduler(**SCHEDULE)
 
 
 def prediction_target(
-    clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, prediction: str
+    schedule: DDPMScheduler,
+    clean: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    prediction: str,
 ) -> torch.Tensor:
     """What a network predicting ``prediction`` should output for ``clean`` noised with ``noise`` at
-    ``timesteps`` (B,): ε itself, or v = sqrt(ᾱ_t)·ε − sqrt(1 - ᾱ_t)·x0."""
+    ``timesteps`` (B,) of the training ``schedule``: ε itself, or v = sqrt(ᾱ_t)·ε − sqrt(1 - ᾱ_t)·x0."""
     if prediction == "epsilon":
         return noise
-    return training_schedule().get_velocity(clean, noise, timesteps)
+    return schedule.get_velocity(clean, noise, timesteps)
 
 
 def make_scheduler(sampler: str, prediction: str = "epsilon"):

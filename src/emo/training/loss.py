@@ -113,7 +113,7 @@ def denoising_loss(
 
     cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
     output = net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
-    wanted = prediction_target(target.float(), noise, timesteps, prediction)  # ε, or v
+    wanted = prediction_target(schedule, target.float(), noise, timesteps, prediction)  # ε, or v
     error = (output.float() - wanted).pow(2)  # (B, F, C, h, w)
     if t.mouth_weight and inputs.mouth is not None:
         error = error * box_weights(inputs.mouth, *error.shape[-2:], t.mouth_weight)

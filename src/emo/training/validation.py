@@ -63,7 +63,9 @@ def validation_loss(
         )
         eps = model(noisy, timesteps, cond, features).float()
     model.train()
-    return (eps - prediction_target(target, noise, timesteps, model.prediction)).pow(2).mean().item()
+    return (
+        (eps - prediction_target(schedule, target, noise, timesteps, model.prediction)).pow(2).mean().item()
+    )
 
 
 @torch.no_grad()
