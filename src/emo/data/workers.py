@@ -149,6 +149,7 @@ def _stop_workers(pool, grace_s: float = 10.0) -> None:
 
     # ProcessPoolExecutor has no public way to stop its workers before Python 3.14 (terminate_workers).
     processes = list((pool._processes or {}).values())
+    manager = pool._executor_manager_thread  # shutdown() forgets it
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
@@ -159,6 +160,11 @@ def _stop_workers(pool, grace_s: float = 10.0) -> None:
         if process.is_alive():
             process.kill()
             process.join()
+    # The pool's manager thread joins the workers too. Two threads reaping one process race: the loser's
+    # waitpid fails (ECHILD) and its is_alive() says True until the winner records the exit code, which it
+    # does before it ends. Seen once in CI: a stopped worker still "alive" after preprocess returned.
+    if manager is not None:
+        manager.join(max(1.0, deadline - time.monotonic()))
 
 
 def _start_workers(pool, workers: int) -> None:
