@@ -146,17 +146,26 @@ def test_latents_from_another_codec_or_none_are_refused(dataset, tmp_path):
         Trainer(small_config(bare, 1, tmp_path / "run2", {})).fit()
 
 
-def test_exported_model_carries_its_codec_and_audio_front_end(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def stage1_run(dataset, tmp_path_factory) -> Path:
+    return Trainer(small_config(dataset, 1, tmp_path_factory.mktemp("stage1") / "run", {})).fit().run_dir
+
+
+def test_exported_model_carries_its_codec_and_audio_front_end(dataset, stage1_run, tmp_path):
     from emo.cli import main
     from emo.codec import TinyAutoencoderCodec
     from emo.generation.pipeline import EMOPipeline, GenerationOptions
     from emo.media import probe_video
 
-    stage1 = Trainer(small_config(dataset, 1, tmp_path / "stage1", {})).fit()
     stage2 = small_config(
-        dataset, 2, tmp_path / "stage2", {"checkpoint": str(stage1.run_dir)}, {"mouth_weight": 4.0}
+        dataset, 2, tmp_path / "stage2", {"checkpoint": str(stage1_run)}, {"mouth_weight": 4.0}
     )
     Trainer(stage2).fit()
+    # The run keeps its dataset's front-end record, so the export has it even once the dataset has moved (or
+    # export runs in another directory than training, for a relative data.dataset).
+    run_config = tmp_path / "stage2" / "config.json"
+    moved = {**json.loads(run_config.read_text()), "data": {"dataset": str(tmp_path / "moved")}}
+    run_config.write_text(json.dumps(moved))
     out = tmp_path / "weights"
     assert main(["train", "export", str(tmp_path / "stage2"), "--out", str(out), "--half"]) == 0
     assert json.loads((out / FRONT_END_RECORD).read_text())["kind"] == "log_mel"
@@ -178,3 +187,24 @@ def test_exported_model_carries_its_codec_and_audio_front_end(dataset, tmp_path)
     # A wav2vec2 folder for a model trained on log-mel features is a one-line error, not a silent mismatch.
     with pytest.raises(EmoError, match="trained with log_mel"):
         EMOPipeline.from_weights(out, audio_encoder=tmp_path)
+
+
+def test_a_dataset_of_another_audio_front_end_is_refused(dataset, stage1_run, tmp_path):
+    """Stage 2 from a checkpoint trained on log-mel features refuses a dataset of other features, naming both,
+    before anything is built or written; so does a validation dataset of other features."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    settings = json.loads((other / mf.DATASET_CONFIG).read_text())
+    settings["audio_encoder"] = "sha256:" + "0" * 64  # features of some wav2vec2
+    (other / mf.DATASET_CONFIG).write_text(json.dumps(settings))
+    assert json.loads((stage1_run / FRONT_END_RECORD).read_text())["kind"] == "log_mel"
+    with pytest.raises(EmoError, match=r"trained with log_mel audio features .* are wav2vec2"):
+        Trainer(small_config(other, 2, tmp_path / "run", {"checkpoint": str(stage1_run)})).fit()
+    assert not (tmp_path / "run").exists()
+    mixed = small_config(
+        dataset, 2, tmp_path / "run2", {"checkpoint": str(stage1_run)}, validation_dataset=str(other)
+    )
+    with pytest.raises(EmoError, match="different front-ends"):
+        Trainer(mixed).fit()

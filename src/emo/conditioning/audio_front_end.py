@@ -56,6 +56,20 @@ def record_from_id(front_end_id: str) -> dict:
     return {"kind": WAV2VEC2_KIND, "id": front_end_id}
 
 
+def read_front_end_record(path: str | os.PathLike) -> dict | None:
+    """A checkpoint's ``audio_front_end.json`` (None: there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EmoError(f"{path} is not valid JSON ({exc}); export the checkpoint again") from None
+    if not isinstance(record, dict) or "kind" not in record:
+        raise EmoError(f"{path} is not an audio front-end record (no 'kind'); export the checkpoint again")
+    return record
+
+
 def front_end_from_record(record: dict, wav2vec2: str | os.PathLike | None, device: str = "cpu"):
     """The front-end a checkpoint was trained with. A wav2vec2 record needs its weights folder, which must
     be the recorded one (by hash); a log-mel record rebuilds the front-end from its settings."""

@@ -8,6 +8,7 @@ every clip of a dataset is made the same way.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,11 @@ def check_encoder(root: Path, existing: dict, encoder: str | None, encoder_path,
         f"that made the audio features of {root} ({recorded[:15]}...); use the same weights or a new --out "
         "directory"
     )
+
+
+def dataset_front_end(root: str | os.PathLike) -> str | None:
+    """The id of the audio front-end that made ``root``'s audio features (None: none, or not recorded)."""
+    return mf.read_json(Path(root) / mf.DATASET_CONFIG).get(ENCODER_KEY)
 
 
 def config_from_dataset(root: Path) -> PreprocessConfig:

@@ -33,6 +33,7 @@ from emo.conditioning.audio_front_end import (
     WAV2VEC2_KIND,
     front_end_from_record,
     load_audio_front_end,
+    read_front_end_record,
 )
 from emo.conditioning.face import Box, box_mask, parse_region, prepare_portrait
 from emo.conditioning.windows import window
@@ -433,10 +434,7 @@ def trained_audio_front_end(weights: Path, audio_encoder: str | Path | None, dev
                 "folder) or put it inside the --weights directory"
             )
         return load_audio_front_end(wav2vec2, device)
-    try:
-        record = json.loads(record_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EmoError(f"{record_file} is not valid JSON ({exc}); export the checkpoint again") from None
+    record = read_front_end_record(record_file)
     if audio_encoder and record.get("kind") != WAV2VEC2_KIND:
         raise EmoError(
             f"--audio-encoder {audio_encoder}: this model was trained with {record.get('kind')} "

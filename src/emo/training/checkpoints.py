@@ -1,7 +1,8 @@
 """A run directory and its checkpoints: the layout, atomic saving, and resuming exactly where a run stopped.
 
-A run directory holds `base/` (the full network the run started from, written once), `config.json` and
-`checkpoints/step_XXXXXXXX/`. A checkpoint holds only what changes: the trained parameters (safetensors),
+A run directory holds `base/` (the full network the run started from, written once), `config.json`,
+`audio_front_end.json` (the record of the front-end that made its dataset's audio features, which `export`
+passes on) and `checkpoints/step_XXXXXXXX/`. A checkpoint holds only what changes: the trained parameters (safetensors),
 their EMA, optimizer / LR schedule / grad-scaler state, every rank's RNG state and the data position. It is
 written into a temporary directory that is renamed into place, so a checkpoint directory is always complete;
 the last `run.keep_checkpoints` are kept.
@@ -30,6 +31,7 @@ STATE = "state.json"  # written last into a checkpoint: a checkpoint without it 
 TRAINABLE = "trainable.safetensors"
 EMA = "ema.safetensors"
 BASE = "base"
+RUN_CONFIG = "config.json"  # the run's stage config, written when it starts
 CHECKPOINTS = "checkpoints"
 
 

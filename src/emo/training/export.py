@@ -18,11 +18,19 @@ import torch
 from safetensors.torch import load_file
 
 from emo.codec import SDVAECodec, TinyAutoencoderCodec, load_codec
-from emo.conditioning.audio_front_end import FRONT_END_RECORD, record_from_id
+from emo.conditioning.audio_front_end import FRONT_END_RECORD, read_front_end_record, record_from_id
+from emo.data.dataset_config import dataset_front_end
 from emo.errors import EmoError
 from emo.media import writing
 from emo.models import EMO
-from emo.training.checkpoints import BASE, EMA, TRAINABLE, load_trained_parameters, resolve_checkpoint
+from emo.training.checkpoints import (
+    BASE,
+    EMA,
+    RUN_CONFIG,
+    TRAINABLE,
+    load_trained_parameters,
+    resolve_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +72,13 @@ def export(
     if out.exists() and not overwrite:  # a folder: check_output's file rules do not apply
         raise EmoError(f"{out} exists; pass --overwrite to replace it")
     model = load_trained_model(path, use_ema=use_ema)
-    config, front_end = None, None
+    config = None
+    front_end = recorded_front_end(path)
     if not (Path(path) / "emo.json").is_file():
         run_dir = resolve_checkpoint(path).parent.parent
-        if (run_dir / "config.json").is_file():
-            config = json.loads((run_dir / "config.json").read_text())
+        if (run_dir / RUN_CONFIG).is_file():
+            config = json.loads((run_dir / RUN_CONFIG).read_text())
             codec = codec or config.get("codec")
-            front_end = dataset_front_end(config)
     if half:
         model = model.to(torch.float16)
 
@@ -88,7 +96,7 @@ def export(
                     vae_dir = Path(codec) / "vae" if (Path(codec) / "vae").is_dir() else Path(codec)
                     shutil.copytree(vae_dir, temp / "vae")
             if front_end is not None:
-                (temp / FRONT_END_RECORD).write_text(json.dumps(record_from_id(front_end), indent=2))
+                (temp / FRONT_END_RECORD).write_text(json.dumps(front_end, indent=2))
             if audio_encoder:
                 if not (Path(audio_encoder) / "config.json").is_file():
                     raise EmoError(
@@ -106,10 +114,22 @@ def export(
     return out
 
 
-def dataset_front_end(config: dict) -> str | None:
-    """The audio front-end id recorded by the dataset a run trained on (None: unknown or no features)."""
-    dataset = Path(config.get("data", {}).get("dataset", ""))
+def recorded_front_end(path: str | Path) -> dict | None:
+    """The record of the audio front-end a network was trained with (None: none recorded).
+
+    An export directory keeps it as `audio_front_end.json`, and so does a run directory, from the dataset it
+    started on. Runs made before that recorded it only in their dataset, found through the run's config (its
+    `data.dataset`, relative to where the run was started).
+    """
+    path = Path(path)
+    if (path / "emo.json").is_file():
+        return read_front_end_record(path / FRONT_END_RECORD)
+    run_dir = resolve_checkpoint(path).parent.parent
+    if (run_dir / FRONT_END_RECORD).is_file():
+        return read_front_end_record(run_dir / FRONT_END_RECORD)
     try:
-        return json.loads((dataset / "dataset.json").read_text()).get("audio_encoder")
-    except (OSError, json.JSONDecodeError):
+        dataset = Path(json.loads((run_dir / RUN_CONFIG).read_text())["data"]["dataset"])
+        front_end = dataset_front_end(dataset)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError, EmoError):
         return None
+    return record_from_id(front_end) if front_end else None

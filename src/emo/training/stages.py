@@ -18,14 +18,17 @@ import torch
 from einops import rearrange
 
 from emo.codec import LatentCodec
+from emo.conditioning.audio_front_end import record_from_id
 from emo.config import preset
+from emo.data import manifest as mf
 from emo.data.dataset import Stage1Dataset, VideoClipDataset
+from emo.data.dataset_config import dataset_front_end
 from emo.data.latents import dataset_codec
 from emo.errors import EmoError
 from emo.models import EMO, Conditioning
 from emo.models.loading import load_motion_module, load_sd15
 from emo.training.config import StageConfig
-from emo.training.export import load_trained_model
+from emo.training.export import load_trained_model, recorded_front_end
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,35 @@ def check_cached_latents(root, codec: LatentCodec, spec: str) -> None:
             f"use that codec, or remake them with `emo preprocess --add-latents --codec {spec}` on a "
             "copy of the dataset"
         )
+
+
+def check_audio_front_end(cfg: StageConfig, trained_from: str | Path | None) -> dict | None:
+    """The network hears the features it was trained on: stages 2 and 3 refuse a dataset whose audio front-end
+    (its dataset.json) is not the one `trained_from` (the starting checkpoint, or the resumed run) recorded,
+    and a validation dataset of another front-end. Returns the record of the dataset's front-end, which the
+    run keeps (None: the dataset has no audio features, or was given as an object)."""
+    found = {}
+    for root in dict.fromkeys(filter(None, (cfg.data.dataset, cfg.data.validation_dataset))):
+        if (Path(root) / mf.DATASET_CONFIG).is_file():
+            found[root] = dataset_front_end(root)
+    ids = set(filter(None, found.values()))
+    if cfg.stage >= 2 and len(ids) > 1:
+        raise EmoError(
+            f"data.dataset {cfg.data.dataset} and data.validation_dataset {cfg.data.validation_dataset} have "
+            "audio features of different front-ends; preprocess both with the same --audio-encoder"
+        )
+    front_end = found.get(cfg.data.dataset)
+    if front_end is None:
+        return None
+    record = record_from_id(front_end)
+    trained = recorded_front_end(trained_from) if trained_from is not None and cfg.stage >= 2 else None
+    if trained is not None and trained.get("id") != front_end:
+        raise EmoError(
+            f"{trained_from} was trained with {trained['kind']} audio features ({trained.get('id', '?')[:15]}...), "
+            f"but the features of {cfg.data.dataset} are {record['kind']} ({front_end[:15]}...): use a dataset "
+            "preprocessed with the checkpoint's --audio-encoder (`emo preprocess --add-audio-features`)"
+        )
+    return record
 
 
 def check_audio_features(inputs: ModelInputs, model) -> None:

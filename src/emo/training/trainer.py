@@ -30,11 +30,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from emo.codec import LatentCodec, load_codec
+from emo.conditioning.audio_front_end import FRONT_END_RECORD
 from emo.errors import EmoError
 from emo.models import EMO
 from emo.sampling import training_schedule
 from emo.termination import DeferredTermination, Terminated
-from emo.training.checkpoints import BASE, Checkpointer, Position
+from emo.training.checkpoints import BASE, RUN_CONFIG, Checkpointer, Position
 from emo.training.config import StageConfig, TrainConfig
 from emo.training.loss import TrainingModel, denoising_loss, step_generator
 from emo.training.stages import (
@@ -42,6 +43,7 @@ from emo.training.stages import (
     build_dataset,
     build_model,
     check_audio_features,
+    check_audio_front_end,
     check_cached_latents,
     encode_batch,
     unused_parameters,
@@ -157,6 +159,9 @@ class Trainer:
         if cfg.data.latents:
             for root in {cfg.data.dataset, cfg.data.validation_dataset or cfg.data.dataset}:
                 check_cached_latents(root, self.codec, cfg.codec)
+        self.front_end = check_audio_front_end(
+            cfg, self.run_dir if resume is not None else cfg.init.checkpoint
+        )
         self.dataset = self._dataset if self._dataset is not None else build_dataset(cfg)
         self.batches_per_epoch = len(self.dataset) // (cfg.train.batch_size * self.world)
         if self.batches_per_epoch == 0:
@@ -242,7 +247,9 @@ class Trainer:
             raise
         shutil.rmtree(base, ignore_errors=True)
         os.replace(temp, base)
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        (self.run_dir / RUN_CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        if self.front_end is not None:  # export finds it here, wherever the dataset has moved
+            (self.run_dir / FRONT_END_RECORD).write_text(json.dumps(self.front_end, indent=2))
 
     # -- data --------------------------------------------------------------------------------------
     def _batches(self, position: Position):
