@@ -12,7 +12,12 @@ mask, so the frames line up with the ground truth). Two controls sit beside the 
 
 - **still**: the first frame held for the whole clip. PSNR/SSIM a model would get by not moving at all.
 - **other audio**: each video's mouth scored against another clip's audio (`emo evaluate`'s control). A model
-  that ignores the audio scores as well there as with its own.
+  that ignores the audio scores as well there as with its own. One draw per clip: on three 5 s clips it is
+  noise (a stage-1 model, whose video is the same for any audio, scored 0.27 with its own audio, -0.05 here).
+- **audio swap**: each clip generated a second time, the same portrait and noise, driven by the next clip's
+  audio (B, tiled to the length). `gain` = ((r(video_A, A) - r(video_B, A)) + (r(video_B, B) - r(video_A, B))) / 2:
+  how much better each video's mouth follows the audio that drove it than the other video's mouth does. Exactly
+  0 for a model that ignores the audio, whatever the clips' own structure.
 
 The real videos get the same lip-sync figures, as the ceiling. Writes into OUT:
 `real/`, `generated/` and `still/` mp4s per group, `results.json`, `frames.png` (ground truth above generated),
@@ -71,9 +76,10 @@ def held_out_clips(data: Path, group: str, seconds: float) -> list[HeldOutClip]:
     return [HeldOutClip(d, fps, seconds) for d in dirs]
 
 
-def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args) -> Path:
+def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args, audio: np.ndarray | None = None) -> Path:
+    """`clip` regenerated from its first frame, driven by its own audio or by `audio`."""
     audio_path = out.with_suffix(".wav")
-    write_audio(audio_path, clip.audio)
+    write_audio(audio_path, clip.audio if audio is None else audio)
     pipe.prepare_portrait = lambda image_path, opts: clip.portrait()  # the clip's own crop, aligned
     opts = GenerationOptions(
         steps=args.steps,
@@ -99,6 +105,25 @@ def mouth_series(frames: np.ndarray, audio: np.ndarray, fps: float) -> tuple[np.
     with FaceAnalyzer() as analyzer:
         opening = mouth_opening(list(analyzer.analyze_video(list(frames))))
     return opening, band_loudness(audio, 16000, fps, len(opening))
+
+
+def audio_swap(video_a: np.ndarray, video_b: np.ndarray, a: np.ndarray, b: np.ndarray, fps: float) -> dict:
+    """The audio-swap control of one clip: video_a driven by audio a, video_b by audio b (same portrait, noise)."""
+    mouth_a, loud_a = mouth_series(video_a, a, fps)
+    mouth_b, loud_b = mouth_series(video_b, b, fps)
+    r = {  # r[video, audio]
+        ("a", "a"): mouth_audio_correlation(mouth_a, loud_a)[0],
+        ("b", "a"): mouth_audio_correlation(mouth_b, loud_a)[0],
+        ("b", "b"): mouth_audio_correlation(mouth_b, loud_b)[0],
+        ("a", "b"): mouth_audio_correlation(mouth_a, loud_b)[0],
+    }
+    return {
+        "own_video_own_audio": r["a", "a"],
+        "swapped_video_own_audio": r["b", "a"],
+        "swapped_video_its_audio": r["b", "b"],
+        "own_video_swapped_audio": r["a", "b"],
+        "gain": ((r["a", "a"] - r["b", "a"]) + (r["b", "b"] - r["a", "b"])) / 2,
+    }
 
 
 def read_mp4(path: Path) -> np.ndarray:
@@ -173,11 +198,12 @@ def main() -> None:
                      "steps": args.steps, "strength": args.strength_used, "groups": {}}  # fmt: skip
     strip, plots = [], []
     for group, what in GROUPS.items():
-        dirs = {k: args.out / k / group for k in ("real", "generated", "still")}
+        dirs = {k: args.out / k / group for k in ("real", "generated", "still", "swapped")}
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         clips = held_out_clips(args.data, group, args.seconds)
-        for clip in clips:
+        swaps = []
+        for i, clip in enumerate(clips):
             name = f"{clip.stem}.mp4"
             write_video(dirs["real"] / name, clip.frames, clip.fps, audio=clip.audio, overwrite=True)
             still = np.repeat(clip.frames[:1], len(clip.frames), axis=0)
@@ -188,6 +214,9 @@ def main() -> None:
             strip.append((f"{clip.stem} ({what})", clip.frames, fake))
             plots.append((clip.stem, clip.fps, {"real": mouth_series(clip.frames, clip.audio, clip.fps),
                                                 "generated": mouth_series(fake, clip.audio, clip.fps)}))  # fmt: skip
+            other_audio = np.resize(clips[(i + 1) % len(clips)].audio, len(clip.audio))  # tiled when shorter
+            swapped = read_mp4(generate(pipe, clip, dirs["swapped"] / name, args, audio=other_audio))
+            swaps.append(audio_swap(fake, swapped, clip.audio, other_audio, clip.fps))
         generated, per_video = metrics_of(dirs["generated"], dirs["real"])
         real, _ = metrics_of(dirs["real"], dirs["real"])
         still, _ = metrics_of(dirs["still"], dirs["real"])
@@ -197,6 +226,10 @@ def main() -> None:
             "generated": generated,
             "real": {k: real.get(k) for k in ("mouth_audio_corr", "mouth_audio_corr_other_audio")},
             "still_control": {k: still.get(k) for k in ("psnr", "ssim")},
+            "audio_swap": {
+                **{k: float(np.mean([s[k] for s in swaps])) for k in swaps[0]},
+                "per_video": swaps,
+            },
             "per_video": per_video,
         }
         print(json.dumps({group: {k: v for k, v in results["groups"][group].items() if k != "per_video"}}))

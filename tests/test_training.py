@@ -134,6 +134,18 @@ def test_shipped_configs_load_with_the_paper_settings():
         assert load_config(CONFIGS / f"stage{s}_tiny.yaml").model == "tiny"
 
 
+def test_small_configs_chain_their_stages():
+    """1 -> 2 -> 3 (scripts/train_small.sh) and the 3b experiment after 3, each from the previous run directory."""
+    small = {s: load_config(CONFIGS / f"stage{s}_small.yaml") for s in ("1", "2", "3", "3b")}
+    assert all(cfg.model == "small" and cfg.codec == "taef2" and cfg.data.latents for cfg in small.values())
+    for previous, stage in (("1", "2"), ("2", "3"), ("3", "3b")):
+        assert small[stage].init.checkpoint == small[previous].run.output_dir
+    # 3b: stage 3's inputs (head speed), stage 2's audio path; the speed layers stay as stage 3 left them
+    assert small["3b"].stage == 3
+    assert small["3b"].components == small["2"].components
+    assert small["3b"].train.lr < small["2"].train.lr
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
