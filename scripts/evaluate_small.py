@@ -107,9 +107,10 @@ def mouth_series(frames: np.ndarray, audio: np.ndarray, fps: float) -> tuple[np.
     return opening, band_loudness(audio, 16000, fps, len(opening))
 
 
-def audio_swap(video_a: np.ndarray, video_b: np.ndarray, a: np.ndarray, b: np.ndarray, fps: float) -> dict:
-    """The audio-swap control of one clip: video_a driven by audio a, video_b by audio b (same portrait, noise)."""
-    mouth_a, loud_a = mouth_series(video_a, a, fps)
+def audio_swap(own: tuple[np.ndarray, np.ndarray], video_b: np.ndarray, b: np.ndarray, fps: float) -> dict:
+    """The audio-swap control of one clip: video_a driven by audio a (`own`: its mouth_series), video_b by audio b
+    (same portrait, noise)."""
+    mouth_a, loud_a = own
     mouth_b, loud_b = mouth_series(video_b, b, fps)
     r = {  # r[video, audio]
         ("a", "a"): mouth_audio_correlation(mouth_a, loud_a)[0],
@@ -212,11 +213,12 @@ def main() -> None:
             print(f"{group}/{clip.stem}: generated {len(clip.frames)} frames", file=sys.stderr)
             fake = read_mp4(dirs["generated"] / name)
             strip.append((f"{clip.stem} ({what})", clip.frames, fake))
+            generated = mouth_series(fake, clip.audio, clip.fps)
             plots.append((clip.stem, clip.fps, {"real": mouth_series(clip.frames, clip.audio, clip.fps),
-                                                "generated": mouth_series(fake, clip.audio, clip.fps)}))  # fmt: skip
+                                                "generated": generated}))  # fmt: skip
             other_audio = np.resize(clips[(i + 1) % len(clips)].audio, len(clip.audio))  # tiled when shorter
             swapped = read_mp4(generate(pipe, clip, dirs["swapped"] / name, args, audio=other_audio))
-            swaps.append(audio_swap(fake, swapped, clip.audio, other_audio, clip.fps))
+            swaps.append(audio_swap(generated, swapped, other_audio, clip.fps))
         generated, per_video = metrics_of(dirs["generated"], dirs["real"])
         real, _ = metrics_of(dirs["real"], dirs["real"])
         still, _ = metrics_of(dirs["still"], dirs["real"])
