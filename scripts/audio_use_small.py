@@ -2,11 +2,14 @@
 
     python scripts/audio_use_small.py RUN_DIR CONFIG [--items 24]      # run in WORK_DIR (the config's paths)
 
-The held-out ε-MSE of the validation set's video items, at the same 4 timesteps and noise for every variant:
-with the item's own audio, with another item's audio, and with no audio (zeros, the unconditional input); each
-with the motion frames and without them (the first clip of a video). A model that uses the audio has a lower
-loss with its own audio than with another's; with motion frames present, the gap says whether the audio still
-matters once the previous frames are there. Prints one JSON object.
+The held-out loss (the squared error of the network's ε or v) of the validation set's video items, at the same
+4 timesteps and noise for every variant: with the item's own audio, with another item's audio, and with no audio
+(zeros, the unconditional input); each with the motion frames and without them (the first clip of a video);
+over the whole frame and over the mouth box alone. A model that uses the audio has a lower mouth loss with its
+own audio than with another's: the paired gap (other - own) is printed with its standard error, over all
+timesteps and over the noisier half, where the mouth cannot be read from z_t. With motion frames present, the
+gap says whether the audio still matters once the previous frames are there. A network whose audio path is
+untrained (stage 1) has a gap of exactly 0. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import argparse
 import dataclasses
 import json
 
+import numpy as np
 import torch
 
-from emo.sampling import training_schedule
+from emo.sampling import NUM_TRAIN_TIMESTEPS, training_schedule
 from emo.training.config import load_config
 from emo.training.export import load_trained_model
-from emo.training.loss import TrainingModel, denoising_loss
+from emo.training.loss import TrainingModel, mouth_error, noised_batch, predict
 from emo.training.stages import build_dataset, cached_inputs
 
 
@@ -39,38 +43,46 @@ def main() -> None:
     items = [cached_inputs(torch.utils.data.default_collate([data[i * len(data) // n]]), cfg, "cpu",
                            torch.float32) for i in range(n)]  # fmt: skip
     schedule = training_schedule()
-    losses: dict[str, list[float]] = {}
+    full: dict[str, list[float]] = {}
+    mouth: dict[str, list[float]] = {}
+    noisy_half: list[bool] = []
     with torch.no_grad():
         for motion in ("with motion frames", "without motion frames"):
             plain = dataclasses.replace(cfg.train, drop_reference=0.0, drop_audio=0.0, drop_both=0.0,
                                         drop_motion=0.0 if motion.startswith("with ") else 1.0,
                                         snr_gamma=None)  # fmt: skip
-            for audio in ("own audio", "other audio", "no audio"):
-                key = f"{audio}, {motion}"
-                losses[key] = []
-                for i, inputs in enumerate(items):
-                    if audio == "other audio":  # the item half the set away: another clip, or far in it
-                        inputs = dataclasses.replace(inputs, audio=items[(i + n // 2) % n].audio)
-                    elif audio == "no audio":
-                        inputs = dataclasses.replace(inputs, audio=torch.zeros_like(inputs.audio))
-                    for k in range(4):
-                        gen = torch.Generator().manual_seed(1000 * i + k)
-                        target = model.to_denoised(inputs.target, inputs.reference)
-                        loss = denoising_loss(
-                            net,
-                            inputs,
-                            schedule,
-                            schedule.alphas_cumprod,
-                            plain,
-                            gen,
-                            "cpu",
-                            target,
-                            model.prediction,
-                        )
-                        losses[key].append(loss.item())
-    print(
-        json.dumps({"run": args.run, "items": n, **{k: round(sum(v) / len(v), 5) for k, v in losses.items()}})
-    )
+            for i, inputs in enumerate(items):
+                target = model.to_denoised(inputs.target, inputs.reference)
+                for k in range(4):  # the same noise and timestep for the three audios
+                    gen = torch.Generator().manual_seed(1000 * i + k)
+                    batch = noised_batch(inputs, schedule, plain, gen, "cpu", target, model.prediction)
+                    if motion.startswith("with "):
+                        noisy_half.append(bool(batch.timesteps[0] >= NUM_TRAIN_TIMESTEPS // 2))
+                    # another item's audio: the item half the set away (another clip, or far in it)
+                    for audio, features in (("own audio", inputs.audio),
+                                            ("other audio", items[(i + n // 2) % n].audio),
+                                            ("no audio", torch.zeros_like(inputs.audio))):  # fmt: skip
+                        error = (predict(net, inputs, batch, features) - batch.wanted).pow(2)
+                        key = f"{audio}, {motion}"
+                        full.setdefault(key, []).append(error.mean().item())
+                        mouth.setdefault(key, []).append(mouth_error(error, inputs.mouth).item())
+    report = {"run": args.run, "items": n, "draws": len(noisy_half)}
+    report["loss"] = {k: round(float(np.mean(v)), 5) for k, v in full.items()}
+    report["mouth loss"] = {k: round(float(np.mean(v)), 5) for k, v in mouth.items()}
+    # the paired gap (other audio - own audio) in the mouth, with its standard error: > 0 if the audio is used
+    half = np.array(noisy_half)
+    for motion in ("with motion frames", "without motion frames"):
+        gap = np.array(mouth[f"other audio, {motion}"]) - np.array(mouth[f"own audio, {motion}"])
+        for name, pick in (("all timesteps", slice(None)), ("noisier half", half)):
+            g = gap[pick]
+            report[f"mouth gap, {motion}, {name}"] = {
+                "mean": round(float(g.mean()), 5),
+                "stderr": round(float(g.std(ddof=1) / np.sqrt(len(g))), 5),
+                "relative": round(
+                    float(g.mean() / np.mean(np.array(mouth[f"own audio, {motion}"])[pick])), 4
+                ),
+            }
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from emo.errors import EmoError
 from emo.models import EMO
 from emo.training import checkpoints as layout
-from emo.training.config import STAGE_COMPONENTS, config_from_dict, load_config
+from emo.training.config import STAGE_COMPONENTS, TrainConfig, config_from_dict, load_config
 from emo.training.export import load_trained_model
 from emo.training.trainer import Trainer
 
@@ -135,15 +135,20 @@ def test_shipped_configs_load_with_the_paper_settings():
 
 
 def test_small_configs_chain_their_stages():
-    """1 -> 2 -> 3 (scripts/train_small.sh) and the 3b experiment after 3, each from the previous run directory."""
-    small = {s: load_config(CONFIGS / f"stage{s}_small.yaml") for s in ("1", "2", "3", "3b")}
+    """1 -> 2 -> 3 (scripts/train_small.sh) and the 3b and 3c experiments after 3, each from the previous run
+    directory."""
+    small = {s: load_config(CONFIGS / f"stage{s}_small.yaml") for s in ("1", "2", "3", "3b", "3c")}
     assert all(cfg.model == "small" and cfg.codec == "taef2" and cfg.data.latents for cfg in small.values())
-    for previous, stage in (("1", "2"), ("2", "3"), ("3", "3b")):
+    for previous, stage in (("1", "2"), ("2", "3"), ("3", "3b"), ("3", "3c")):
         assert small[stage].init.checkpoint == small[previous].run.output_dir
     # 3b: stage 3's inputs (head speed), stage 2's audio path; the speed layers stay as stage 3 left them
     assert small["3b"].stage == 3
     assert small["3b"].components == small["2"].components
     assert small["3b"].train.lr < small["2"].train.lr
+    # 3c: the audio path alone, with the audio contrast (off everywhere else)
+    assert small["3c"].stage == 3 and small["3c"].train.audio_contrast > 0
+    assert set(small["3c"].components) < set(small["2"].components)
+    assert all(small[s].train.audio_contrast == 0 for s in ("1", "2", "3", "3b"))
 
 
 @pytest.mark.parametrize(
@@ -159,11 +164,71 @@ def test_small_configs_chain_their_stages():
         ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
         ("train.drop_audio=1.5", "train.drop_audio must be a probability"),
         ("init.checkpoint=null", "init.checkpoint"),
+        ("train.audio_contrast=-1", "train.audio_contrast must be >= 0"),
     ],
 )
 def test_bad_config_values_name_the_field(override, message):
     with pytest.raises(EmoError, match=message):
         load_config(CONFIGS / "stage2_tiny.yaml", [override])
+
+
+def test_audio_contrast_needs_audio_and_a_partner_in_the_batch():
+    with pytest.raises(EmoError, match="train.audio_contrast needs train.batch_size >= 2"):
+        load_config(CONFIGS / "stage2_tiny.yaml", ["train.audio_contrast=1", "train.batch_size=1"])
+    with pytest.raises(EmoError, match="train.audio_contrast needs audio"):
+        load_config(CONFIGS / "stage1_tiny.yaml", ["train.audio_contrast=1"])
+
+
+class Deaf(torch.nn.Module):
+    """A stand-in network that outputs zeros whatever it hears."""
+
+    def forward(self, noisy, timesteps, reference, motion, num_motion, keep_motion, cond):
+        return torch.zeros_like(noisy)
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in network that outputs `answer` when it hears `own_audio`, and is off by the audio's change."""
+
+    def __init__(self, answer: torch.Tensor, own_audio: torch.Tensor):
+        super().__init__()
+        self.answer, self.own_audio = answer, own_audio
+
+    def forward(self, noisy, timesteps, reference, motion, num_motion, keep_motion, cond):
+        return self.answer + (cond.audio - self.own_audio).mean(dim=(2, 3, 4))[:, :, None, None, None]
+
+
+def test_audio_contrast_charges_a_network_that_ignores_the_audio():
+    """train.audio_contrast: at the noisier timesteps, a network whose mouth error is the same with another
+    sample's audio pays contrast x margin; one that gets the mouth right only with its own audio pays nothing;
+    at the less noisy timesteps it never applies."""
+    from emo.sampling import training_schedule
+    from emo.training.loss import AUDIO_CONTRAST_MARGIN, denoising_loss, noised_batch
+    from emo.training.stages import ModelInputs
+
+    b, f, c, h, w = 4, 3, 2, 8, 8
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(b, f, 3, 4, 5, generator=g)
+    mouth = torch.tensor([0.25, 0.5, 0.75, 1.0]).expand(b, f, 4)
+    schedule = training_schedule()
+    plain = TrainConfig(drop_reference=0, drop_audio=0, drop_both=0, drop_motion=0)
+
+    inputs = ModelInputs(torch.zeros(b, f, c, h, w), torch.zeros(b, c, h, w), None, 0, audio, None,
+                         torch.ones(b, 1, 64, 64), mouth)  # fmt: skip
+
+    def loss(net, contrast):  # every call draws the same noise and timesteps
+        t = dataclasses.replace(plain, audio_contrast=contrast)
+        gen = torch.Generator().manual_seed(1)
+        return denoising_loss(net, inputs, schedule, schedule.alphas_cumprod, t, gen, "cpu")
+
+    batch = noised_batch(inputs, schedule, plain, torch.Generator().manual_seed(1), "cpu")
+    noisy = (batch.timesteps >= 500).float().mean().item()
+    assert 0 < noisy < 1  # both halves are in the batch
+
+    deaf = Deaf()
+    assert math.isclose(loss(deaf, 2.0) - loss(deaf, 0.0), 2.0 * AUDIO_CONTRAST_MARGIN * noisy, rel_tol=1e-5)
+    # A network that outputs the true ε with its own audio, and something else with another's, pays nothing.
+    hearing = Oracle(batch.wanted, audio)
+    assert torch.equal(loss(hearing, 2.0), loss(hearing, 0.0))
 
 
 def test_condition_dropout_frequencies():

@@ -81,6 +81,9 @@ class TrainConfig:
     # counts 1 + mouth_weight times, so the few latents that follow the audio are not lost in the rest
     # (Hallo's lip emphasis; 0 = EMO's plain Eq. 1)
     mouth_weight: float = 0.0
+    # weight of the audio contrast (ours; emo.training.loss): each batch runs again with another sample's audio,
+    # and the mouth's error must then be higher than with its own audio; needs batch_size >= 2 (0 = off)
+    audio_contrast: float = 0.0
     ema_decay: float | None = None  # keep an EMA of the trained weights (e.g. 0.9999); None = off
     drop_reference: float = 0.05  # P(reference image -> zero latent) (classifier-free guidance, EMO.md §3)
     drop_audio: float = 0.05  # P(audio features -> zeros) (stages 2/3)
@@ -176,6 +179,12 @@ class StageConfig:
             ),
             (t.noise_offset >= 0, "train.noise_offset", f"must be >= 0, got {t.noise_offset}"),
             (t.mouth_weight >= 0, "train.mouth_weight", f"must be >= 0, got {t.mouth_weight}"),
+            (t.audio_contrast >= 0, "train.audio_contrast", f"must be >= 0, got {t.audio_contrast}"),
+            (
+                t.audio_contrast == 0 or t.batch_size >= 2,
+                "train.audio_contrast",
+                f"needs train.batch_size >= 2 (another sample's audio to contrast with), got {t.batch_size}",
+            ),
             (
                 t.snr_gamma is None or t.snr_gamma > 0,
                 "train.snr_gamma",
@@ -209,6 +218,13 @@ class StageConfig:
                     self.init.checkpoint is None or self.init.sd15 is None,
                     "init",
                     "stage 1 starts from init.sd15 or init.checkpoint, not both",
+                )
+            )
+            checks.append(
+                (
+                    t.audio_contrast == 0,
+                    "train.audio_contrast",
+                    "needs audio: it applies to stages 2 and 3 only",
                 )
             )
         else:

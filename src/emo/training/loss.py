@@ -12,6 +12,8 @@ distribution.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -76,20 +78,36 @@ def box_weights(boxes: torch.Tensor, height: int, width: int, extra: float) -> t
     return (1 + extra * inside.float())[:, :, None]
 
 
-def denoising_loss(
-    net: nn.Module,
+# The audio contrast asks the mouth's error with another sample's audio to exceed the error with the sample's own
+# audio by this fraction; only at the noisier half of the timesteps, where the mouth cannot be read from z_t, so
+# the network cannot meet it by spotting a mismatch between the audio and the mouth it sees.
+AUDIO_CONTRAST_MARGIN = 0.1
+
+
+@dataclass
+class NoisedBatch:
+    """One micro-batch made ready for the network: the noised target, the conditions after dropout, and what
+    the network should output."""
+
+    noisy: torch.Tensor  # (B, F, C, h, w)
+    timesteps: torch.Tensor  # (B,)
+    reference: torch.Tensor  # (B, C, h, w), zeros where dropped
+    audio: torch.Tensor | None  # (B, F, 2m+1, L, D), zeros where dropped
+    keep_motion: torch.Tensor | None  # (B,)
+    dropped_audio: torch.Tensor  # (B,) bool
+    wanted: torch.Tensor  # (B, F, C, h, w) ε or v
+
+
+def noised_batch(
     inputs: ModelInputs,
     schedule,
-    alphas_cumprod: torch.Tensor,
     t: TrainConfig,
     gen: torch.Generator,
     device,
     target: torch.Tensor | None = None,
     prediction: str = "epsilon",
-) -> torch.Tensor:
-    """EMO Eq. 1 on one micro-batch. ``net`` is the (accelerate-prepared) :class:`TrainingModel`; every
-    random draw (noise, timesteps, condition dropout) comes from ``gen``. ``target`` is what the network
-    denoises (``EMO.to_denoised``; the frame latents by default), ``prediction`` what it outputs (ε or v)."""
+) -> NoisedBatch:
+    """Every random draw of EMO Eq. 1 for one micro-batch (noise, timesteps, condition dropout), from ``gen``."""
     target = inputs.target if target is None else target  # (B, F, C, h, w)
     b = target.shape[0]
     noise = torch.randn(target.shape, generator=gen)  # (B, F, C, h, w)
@@ -110,17 +128,70 @@ def denoising_loss(
     keep_motion = None
     if inputs.motion is not None:
         keep_motion = (torch.rand(b, generator=gen) >= t.drop_motion).float().to(device)
-
-    cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
-    output = net(noisy, timesteps, reference, inputs.motion, inputs.num_motion, keep_motion, cond)
     wanted = prediction_target(schedule, target.float(), noise, timesteps, prediction)  # ε, or v
-    error = (output.float() - wanted).pow(2)  # (B, F, C, h, w)
+    return NoisedBatch(noisy, timesteps, reference, audio, keep_motion, drop_audio, wanted)
+
+
+def predict(
+    net: nn.Module, inputs: ModelInputs, batch: NoisedBatch, audio: torch.Tensor | None
+) -> torch.Tensor:
+    """The network's output for a noised batch, driven by ``audio`` (the batch's own, or another)."""
+    cond = Conditioning(audio=audio, speed=inputs.speed, face_mask=inputs.mask)
+    return net(batch.noisy, batch.timesteps, batch.reference, inputs.motion, inputs.num_motion, batch.keep_motion,
+               cond).float()  # fmt: skip
+
+
+def mouth_error(error: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(B, F, C, h, w) squared error, (B, F, 4) mouth boxes -> (B,) the mean error over the mouth's latents."""
+    inside = box_weights(boxes, *error.shape[-2:], 1.0) - 1  # (B, F, 1, h, w): 1 in the box
+    inside = inside.expand_as(error)
+    return (error * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
+
+
+def denoising_loss(
+    net: nn.Module,
+    inputs: ModelInputs,
+    schedule,
+    alphas_cumprod: torch.Tensor,
+    t: TrainConfig,
+    gen: torch.Generator,
+    device,
+    target: torch.Tensor | None = None,
+    prediction: str = "epsilon",
+) -> torch.Tensor:
+    """EMO Eq. 1 on one micro-batch. ``net`` is the (accelerate-prepared) :class:`TrainingModel`; every
+    random draw (noise, timesteps, condition dropout) comes from ``gen``. ``target`` is what the network
+    denoises (``EMO.to_denoised``; the frame latents by default), ``prediction`` what it outputs (ε or v).
+
+    With ``t.audio_contrast`` > 0 (ours, not the paper's), the batch is run a second time with each sample's
+    audio swapped for the next sample's, and a hinge asks the mouth's error to be at least
+    AUDIO_CONTRAST_MARGIN higher with the other audio than with its own: a network that ignores the audio
+    pays ``audio_contrast`` x the margin."""
+    batch = noised_batch(inputs, schedule, t, gen, device, target, prediction)
+    output = predict(net, inputs, batch, batch.audio)
+    raw_error = (output - batch.wanted).pow(2)  # (B, F, C, h, w)
+    error = raw_error
     if t.mouth_weight and inputs.mouth is not None:
         error = error * box_weights(inputs.mouth, *error.shape[-2:], t.mouth_weight)
     per_sample = error.flatten(1).mean(1)  # (B,)  EMO Eq. 1
     if t.snr_gamma is not None:
-        per_sample = per_sample * min_snr_weights(alphas_cumprod, timesteps, t.snr_gamma, prediction)
-    return per_sample.mean()
+        per_sample = per_sample * min_snr_weights(alphas_cumprod, batch.timesteps, t.snr_gamma, prediction)
+    loss = per_sample.mean()
+    if t.audio_contrast and batch.audio is not None and inputs.mouth is not None and len(output) > 1:
+        loss = loss + t.audio_contrast * audio_contrast(net, inputs, batch, raw_error)
+    return loss
+
+
+def audio_contrast(net: nn.Module, inputs: ModelInputs, batch: NoisedBatch, own_error: torch.Tensor):
+    """The hinge of ``denoising_loss``'s audio contrast, averaged over the whole batch (0 where it does not
+    apply: the audio of the sample or of its partner dropped, or a timestep in the less noisy half)."""
+    other_audio = batch.audio.roll(1, dims=0)  # sample i hears sample i-1's audio
+    other_error = (predict(net, inputs, batch, other_audio) - batch.wanted).pow(2)
+    own, other = mouth_error(own_error, inputs.mouth), mouth_error(other_error, inputs.mouth)
+    applies = ~batch.dropped_audio & ~batch.dropped_audio.roll(1, dims=0)
+    applies = applies & (batch.timesteps >= NUM_TRAIN_TIMESTEPS // 2)
+    hinge = torch.relu(AUDIO_CONTRAST_MARGIN - (other - own) / own.detach().clamp_min(1e-6))
+    return (hinge * applies.float()).mean()
 
 
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
