@@ -185,11 +185,13 @@ def denoising_loss(
 def audio_contrast(net: nn.Module, inputs: ModelInputs, batch: NoisedBatch, own_error: torch.Tensor):
     """The hinge of ``denoising_loss``'s audio contrast, averaged over the whole batch (0 where it does not
     apply: the audio of the sample or of its partner dropped, or a timestep in the less noisy half)."""
+    applies = ~batch.dropped_audio & ~batch.dropped_audio.roll(1, dims=0)
+    applies = applies & (batch.timesteps >= NUM_TRAIN_TIMESTEPS // 2)
+    if not applies.any():  # spare the second pass (a quarter of the batches of two)
+        return own_error.new_zeros(())
     other_audio = batch.audio.roll(1, dims=0)  # sample i hears sample i-1's audio
     other_error = (predict(net, inputs, batch, other_audio) - batch.wanted).pow(2)
     own, other = mouth_error(own_error, inputs.mouth), mouth_error(other_error, inputs.mouth)
-    applies = ~batch.dropped_audio & ~batch.dropped_audio.roll(1, dims=0)
-    applies = applies & (batch.timesteps >= NUM_TRAIN_TIMESTEPS // 2)
     hinge = torch.relu(AUDIO_CONTRAST_MARGIN - (other - own) / own.detach().clamp_min(1e-6))
     return (hinge * applies.float()).mean()
 
