@@ -1,0 +1,85 @@
+"""How much of the mouth can the audio features tell at all? A ridge-regression probe (issue 12).
+
+    python scripts/audio_probe_small.py DATA_DIR          # WORK_DIR/data/small of scripts/train_small.sh
+
+Fits a linear map from each frame's window of audio features (the ±2 frames the audio projector reads, as
+the dataset stores them) to the frame's mouth opening (inner-lip gap / inter-ocular distance, from the
+dataset's Face Mesh landmarks), on train/, and scores it on val_known/ and val_unseen/: Pearson r between the
+predicted and the real opening per clip, beside the control of the same probe fed another clip's audio. It
+bounds what the network's audio path could learn from these features; no diffusion is involved. Prints one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from emo.eval.mouth import EYES, LOWER_LIP, UPPER_LIP
+
+WINDOW = 2  # frames either side: the projector's ±m
+
+
+def clip_arrays(clip: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(F, (2m+1)·L·D) windowed audio features, (F,) mouth opening (NaN where the face was not found)."""
+    meta = np.load(clip / "meta.npz")
+    lm = meta["landmarks"].astype(np.float64)
+    opening = np.linalg.norm(lm[:, UPPER_LIP, :2] - lm[:, LOWER_LIP, :2], axis=1)
+    opening /= np.linalg.norm(lm[:, EYES[0], :2] - lm[:, EYES[1], :2], axis=1) + 1e-9
+    opening[~meta["face_found"]] = np.nan
+    feats = load_file(str(clip / "audio_features.safetensors"))["features"].astype(np.float64)
+    feats = feats.reshape(len(feats), -1)
+    padded = np.concatenate([feats[:1].repeat(WINDOW, 0), feats, feats[-1:].repeat(WINDOW, 0)])
+    windows = np.concatenate([padded[k : k + len(feats)] for k in range(2 * WINDOW + 1)], axis=1)
+    return windows, opening
+
+
+def clips(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("videos/*/*/meta.npz"))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--ridge", type=float, default=1e4, help="L2 penalty of the probe (1e4: the best held-out r of 1e2..1e5)")
+    args = parser.parse_args()
+
+    train = [clip_arrays(c) for c in clips(args.data / "train")]
+    x = np.concatenate([f for f, _ in train])
+    y = np.concatenate([o for _, o in train])
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    w = np.linalg.solve(z.T @ z + args.ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+
+    def predict(f: np.ndarray) -> np.ndarray:
+        return ((f - mean) / std) @ w + y.mean()
+
+    report = {"train frames": int(ok.sum()), "train r": round(pearson(predict(x), y), 3)}
+    for group in ("val_known", "val_unseen"):
+        held = [clip_arrays(c) for c in clips(args.data / group)]
+        own = [pearson(predict(f), o) for f, o in held]
+        other = []  # the next clip's audio, tiled or cut to this clip's length
+        for i, (_, o) in enumerate(held):
+            f = held[(i + 1) % len(held)][0]
+            f = np.resize(f, (len(o), f.shape[1])) if len(f) < len(o) else f[: len(o)]
+            other.append(pearson(predict(f), o))
+        report[group] = {"clips": len(held), "own audio r": round(float(np.mean(own)), 3),
+                         "per clip": [round(r, 3) for r in own],
+                         "control: other clip's audio r": round(float(np.mean(other)), 3)}  # fmt: skip
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
