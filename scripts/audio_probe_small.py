@@ -51,7 +51,12 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
-    parser.add_argument("--ridge", type=float, default=1e4, help="L2 penalty of the probe (1e4: the best held-out r of 1e2..1e5)")
+    parser.add_argument(
+        "--ridge",
+        type=float,
+        default=1e4,
+        help="L2 penalty of the probe (1e4: the best held-out r of 1e2..1e5)",
+    )
     args = parser.parse_args()
 
     train = [clip_arrays(c) for c in clips(args.data / "train")]
