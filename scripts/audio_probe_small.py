@@ -17,9 +17,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors.numpy import load_file
 
-from emo.eval.mouth import EYES, LOWER_LIP, UPPER_LIP
+from emo.conditioning.windows import window
+from emo.eval.mouth import lip_gap, pearson
 
 WINDOW = 2  # frames either side: the projector's ±m
 
@@ -27,25 +29,15 @@ WINDOW = 2  # frames either side: the projector's ±m
 def clip_arrays(clip: Path) -> tuple[np.ndarray, np.ndarray]:
     """(F, (2m+1)·L·D) windowed audio features, (F,) mouth opening (NaN where the face was not found)."""
     meta = np.load(clip / "meta.npz")
-    lm = meta["landmarks"].astype(np.float64)
-    opening = np.linalg.norm(lm[:, UPPER_LIP, :2] - lm[:, LOWER_LIP, :2], axis=1)
-    opening /= np.linalg.norm(lm[:, EYES[0], :2] - lm[:, EYES[1], :2], axis=1) + 1e-9
+    opening = lip_gap(meta["landmarks"])
     opening[~meta["face_found"]] = np.nan
-    feats = load_file(str(clip / "audio_features.safetensors"))["features"].astype(np.float64)
-    feats = feats.reshape(len(feats), -1)
-    padded = np.concatenate([feats[:1].repeat(WINDOW, 0), feats, feats[-1:].repeat(WINDOW, 0)])
-    windows = np.concatenate([padded[k : k + len(feats)] for k in range(2 * WINDOW + 1)], axis=1)
+    feats = torch.from_numpy(load_file(str(clip / "audio_features.safetensors"))["features"])  # (F, L, D)
+    windows = window(feats.double(), WINDOW).flatten(1).numpy()  # (F, (2m+1)·L·D), as the dataset windows it
     return windows, opening
 
 
 def clips(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("videos/*/*/meta.npz"))
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
 
 
 def main() -> None:

@@ -24,15 +24,19 @@ UPPER_LIP, LOWER_LIP = 13, 14  # Face Mesh inner-lip midpoints
 EYES = (468, 473)  # iris centres
 
 
+def lip_gap(landmarks) -> np.ndarray:
+    """(..., 478, >=2) Face Mesh landmarks -> (...) inner-lip gap / inter-ocular distance."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    gap = np.linalg.norm(lm[..., UPPER_LIP, :2] - lm[..., LOWER_LIP, :2], axis=-1)
+    return gap / (np.linalg.norm(lm[..., EYES[0], :2] - lm[..., EYES[1], :2], axis=-1) + 1e-9)
+
+
 def mouth_opening(observations) -> np.ndarray:
-    """Per-frame inner-lip gap / inter-ocular distance; NaN where no face was found."""
+    """Per-frame inner-lip gap / inter-ocular distance (`lip_gap`); NaN where no face was found."""
     out = np.full(len(observations), np.nan)
     for i, o in enumerate(observations):
         if o is not None:
-            lm = np.asarray(o.landmarks, dtype=np.float64)
-            out[i] = np.linalg.norm(lm[UPPER_LIP, :2] - lm[LOWER_LIP, :2]) / (
-                np.linalg.norm(lm[EYES[0], :2] - lm[EYES[1], :2]) + 1e-9
-            )
+            out[i] = lip_gap(o.landmarks)
     return out
 
 
@@ -64,7 +68,8 @@ def band_loudness(
     return audio_loudness(audio, sample_rate, fps, num_frames)
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r over the frames where both are finite; NaN with fewer than 3 or a constant series."""
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     if len(a) < 3 or a.std() == 0 or b.std() == 0:
@@ -92,7 +97,7 @@ def mouth_audio_correlation(
     m[~np.isfinite(mouth[:n])] = np.nan
     best, best_lag = float("nan"), 0
     for lag in range(-max_lag, max_lag + 1):
-        r = _pearson(m[lag:], a[: n - lag]) if lag >= 0 else _pearson(m[: n + lag], a[-lag:])
+        r = pearson(m[lag:], a[: n - lag]) if lag >= 0 else pearson(m[: n + lag], a[-lag:])
         if np.isfinite(r) and not r <= best:
             best, best_lag = r, lag
     return best, best_lag

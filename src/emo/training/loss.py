@@ -68,14 +68,19 @@ def min_snr_weights(
     return torch.clamp(snr, max=gamma) / (snr if prediction == "epsilon" else snr + 1)
 
 
-def box_weights(boxes: torch.Tensor, height: int, width: int, extra: float) -> torch.Tensor:
-    """(B, F, 4) boxes x0, y0, x1, y1 (fractions of the frame) -> (B, F, 1, height, width) loss weights:
-    1 + extra on the latents whose centre lies in the box, 1 elsewhere."""
+def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, F, 4) boxes x0, y0, x1, y1 (fractions of the frame) -> (B, F, 1, height, width): 1.0 on the latents
+    whose centre lies in the box, 0.0 elsewhere."""
     ys = (torch.arange(height, device=boxes.device) + 0.5) / height  # latent centres
     xs = (torch.arange(width, device=boxes.device) + 0.5) / width
     x0, y0, x1, y1 = (boxes[..., i, None, None] for i in range(4))  # (B, F, 1, 1)
     inside = (ys[:, None] >= y0) & (ys[:, None] <= y1) & (xs >= x0) & (xs <= x1)  # (B, F, h, w)
-    return (1 + extra * inside.float())[:, :, None]
+    return inside.float()[:, :, None]
+
+
+def box_weights(boxes: torch.Tensor, height: int, width: int, extra: float) -> torch.Tensor:
+    """(B, F, 4) boxes -> (B, F, 1, height, width) loss weights: 1 + extra in the box (`box_mask`), 1 elsewhere."""
+    return 1 + extra * box_mask(boxes, height, width)
 
 
 # The audio contrast asks the mouth's error with another sample's audio to exceed the error with the sample's own
@@ -143,8 +148,7 @@ def predict(
 
 def mouth_error(error: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(B, F, C, h, w) squared error, (B, F, 4) mouth boxes -> (B,) the mean error over the mouth's latents."""
-    inside = box_weights(boxes, *error.shape[-2:], 1.0) - 1  # (B, F, 1, h, w): 1 in the box
-    inside = inside.expand_as(error)
+    inside = box_mask(boxes, *error.shape[-2:]).expand_as(error)
     return (error * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
 
 
