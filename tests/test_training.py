@@ -274,6 +274,15 @@ def test_mouth_weight_counts_the_mouths_latents_more():
     assert torch.equal(weights[0, :, 0], expected)
 
 
+def test_mouth_error_is_the_mean_over_the_mouths_latents():
+    from emo.training.loss import mouth_error
+
+    boxes = torch.tensor([[[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.26, 0.26]]])  # as above: 2x2 and 1x1 latents
+    error = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(1, 2, 3, 4, 4)  # (B, F, C, h, w)
+    inside = torch.cat([error[0, 0, :, 2:, 1:3].flatten(), error[0, 1, :, :1, :1].flatten()])
+    assert torch.allclose(mouth_error(error, boxes), inside.mean()[None])
+
+
 def test_deepspeed_takes_batch_accumulation_and_clipping_from_the_stage_config():
     """accelerate lets a DeepSpeed config's gradient_accumulation_steps win over the stage config's with only
     a warning; the trainer writes the stage config's values into the plugin's config instead. Checked on the
