@@ -7,9 +7,9 @@ The held-out loss (the squared error of the network's ε or v) of the validation
 (zeros, the unconditional input); each with the motion frames and without them (the first clip of a video);
 over the whole frame and over the mouth box alone. A model that uses the audio has a lower mouth loss with its
 own audio than with another's: the paired gap (other - own) is printed with its standard error, over all
-timesteps and over the noisier half, where the mouth cannot be read from z_t. With motion frames present, the
-gap says whether the audio still matters once the previous frames are there. A network whose audio path is
-untrained (stage 1) has a gap of exactly 0. Prints one JSON object.
+timesteps and over the noisier half, where the mouth cannot be read from z_t; so is the gap to no audio. With
+motion frames present, the gap says whether the audio still matters once the previous frames are there. A
+network whose audio path is untrained (stage 1) has a gap of exactly 0. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
         for motion in ("with motion frames", "without motion frames"):
             plain = dataclasses.replace(cfg.train, drop_reference=0.0, drop_audio=0.0, drop_both=0.0,
                                         drop_motion=0.0 if motion.startswith("with ") else 1.0,
-                                        snr_gamma=None)  # fmt: skip
+                                        snr_gamma=None, min_timestep=0)  # fmt: skip
             for i, inputs in enumerate(items):
                 target = model.to_denoised(inputs.target, inputs.reference)
                 for k in range(4):  # the same noise and timestep for the three audios
@@ -71,17 +71,18 @@ def main() -> None:
     report["mouth loss"] = {k: round(float(np.mean(v)), 5) for k, v in mouth.items()}
     # the paired gap (other audio - own audio) in the mouth, with its standard error: > 0 if the audio is used
     half = np.array(noisy_half)
+    # and against no audio: a network that hears should also do better with its own audio than with none
     for motion in ("with motion frames", "without motion frames"):
-        gap = np.array(mouth[f"other audio, {motion}"]) - np.array(mouth[f"own audio, {motion}"])
-        for name, pick in (("all timesteps", slice(None)), ("noisier half", half)):
-            g = gap[pick]
-            report[f"mouth gap, {motion}, {name}"] = {
-                "mean": round(float(g.mean()), 5),
-                "stderr": round(float(g.std(ddof=1) / np.sqrt(len(g))), 5),
-                "relative": round(
-                    float(g.mean() / np.mean(np.array(mouth[f"own audio, {motion}"])[pick])), 4
-                ),
-            }
+        own = np.array(mouth[f"own audio, {motion}"])
+        for versus, label in (("other audio", "mouth gap"), ("no audio", "mouth gap to no audio")):
+            gap = np.array(mouth[f"{versus}, {motion}"]) - own
+            for name, pick in (("all timesteps", slice(None)), ("noisier half", half)):
+                g = gap[pick]
+                report[f"{label}, {motion}, {name}"] = {
+                    "mean": round(float(g.mean()), 5),
+                    "stderr": round(float(g.std(ddof=1) / np.sqrt(len(g))), 5),
+                    "relative": round(float(g.mean() / np.mean(own[pick])), 4),
+                }
     print(json.dumps(report, indent=1))
 
 

@@ -1,6 +1,7 @@
 """What the trained `small` model learned, measured on the held-out clips it never trained on (issue 12).
 
     python scripts/evaluate_small.py WEIGHTS DATA_DIR OUT [--seconds 6] [--sampler ddim] [--steps 40]
+        [--audio-guidance S]
 
 WEIGHTS: an `emo train export` folder. DATA_DIR: the preprocessed data of scripts/train_small.sh
 (WORK_DIR/data/small), with val_known/ (the last 10 s of the three long clips: people the model knows, speech it
@@ -89,6 +90,7 @@ def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args, audio: np.nd
         size=clip.frames.shape[1],
         seed=0,
         strength=args.strength_used,
+        audio_guidance=args.audio_guidance_used,
     )
     pipe.generate(audio_path, audio_path, out, opts, overwrite=True, progress=False)
     audio_path.unlink()
@@ -191,12 +193,17 @@ def main() -> None:
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--strength", type=float, help="default: the model's own (its generation.json)")
+    parser.add_argument("--audio-guidance", type=float, help="default: the model's own, else 1.0 (off)")
     args = parser.parse_args()
 
     pipe = EMOPipeline.from_weights(args.weights)
     args.strength_used = args.strength if args.strength is not None else pipe.defaults.get("strength", 1.0)
+    args.audio_guidance_used = (
+        args.audio_guidance if args.audio_guidance is not None else pipe.defaults.get("audio_guidance", 1.0)
+    )
     results: dict = {"weights": str(args.weights), "seconds": args.seconds, "sampler": args.sampler,
-                     "steps": args.steps, "strength": args.strength_used, "groups": {}}  # fmt: skip
+                     "steps": args.steps, "strength": args.strength_used,
+                     "audio_guidance": args.audio_guidance_used, "groups": {}}  # fmt: skip
     strip, plots = [], []
     for group, what in GROUPS.items():
         dirs = {k: args.out / k / group for k in ("real", "generated", "still", "swapped")}

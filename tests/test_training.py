@@ -135,11 +135,11 @@ def test_shipped_configs_load_with_the_paper_settings():
 
 
 def test_small_configs_chain_their_stages():
-    """1 -> 2 -> 3 (scripts/train_small.sh) and the 3b and 3c experiments after 3, each from the previous run
-    directory."""
-    small = {s: load_config(CONFIGS / f"stage{s}_small.yaml") for s in ("1", "2", "3", "3b", "3c")}
+    """1 -> 2 -> 3 (scripts/train_small.sh) and the 3b, 3c and 3e experiments after 3, each from the previous
+    run directory."""
+    small = {s: load_config(CONFIGS / f"stage{s}_small.yaml") for s in ("1", "2", "3", "3b", "3c", "3e")}
     assert all(cfg.model == "small" and cfg.codec == "taef2" and cfg.data.latents for cfg in small.values())
-    for previous, stage in (("1", "2"), ("2", "3"), ("3", "3b"), ("3", "3c")):
+    for previous, stage in (("1", "2"), ("2", "3"), ("3", "3b"), ("3", "3c"), ("3", "3e")):
         assert small[stage].init.checkpoint == small[previous].run.output_dir
     # 3b: stage 3's inputs (head speed), stage 2's audio path; the speed layers stay as stage 3 left them
     assert small["3b"].stage == 3
@@ -148,7 +148,11 @@ def test_small_configs_chain_their_stages():
     # 3c: the audio path alone, with the audio contrast (off everywhere else)
     assert small["3c"].stage == 3 and small["3c"].train.audio_contrast > 0
     assert set(small["3c"].components) < set(small["2"].components)
-    assert all(small[s].train.audio_contrast == 0 for s in ("1", "2", "3", "3b"))
+    assert all(small[s].train.audio_contrast == 0 for s in ("1", "2", "3", "3b", "3e"))
+    # 3e: the audio path alone, at the noisy end only, unweighted (uniform timesteps everywhere else)
+    assert small["3e"].train.min_timestep > 0 and small["3e"].train.snr_gamma is None
+    assert set(small["3e"].components) == set(small["3c"].components)
+    assert all(small[s].train.min_timestep == 0 for s in ("1", "2", "3", "3b", "3c"))
 
 
 @pytest.mark.parametrize(
@@ -165,6 +169,8 @@ def test_small_configs_chain_their_stages():
         ("train.drop_audio=1.5", "train.drop_audio must be a probability"),
         ("init.checkpoint=null", "init.checkpoint"),
         ("train.audio_contrast=-1", "train.audio_contrast must be >= 0"),
+        ("train.min_timestep=1000", r"train.min_timestep must be in \[0, 1000\)"),
+        ("train.min_timestep=-1", r"train.min_timestep must be in \[0, 1000\)"),
     ],
 )
 def test_bad_config_values_name_the_field(override, message):
@@ -229,6 +235,26 @@ def test_audio_contrast_charges_a_network_that_ignores_the_audio():
     # A network that outputs the true ε with its own audio, and something else with another's, pays nothing.
     hearing = Oracle(batch.wanted, audio)
     assert torch.equal(loss(hearing, 2.0), loss(hearing, 0.0))
+
+
+def test_min_timestep_draws_only_the_noisy_end():
+    """train.min_timestep > 0 trains on timesteps in [min_timestep, 1000) only; 0 draws all of them."""
+    from emo.sampling import training_schedule
+    from emo.training.loss import noised_batch
+    from emo.training.stages import ModelInputs
+
+    b = 256
+    inputs = ModelInputs(torch.zeros(b, 1, 2, 4, 4), torch.zeros(b, 2, 4, 4), None, 0, None, None,
+                         torch.ones(b, 1, 32, 32))  # fmt: skip
+
+    def timesteps(min_timestep):
+        t = TrainConfig(min_timestep=min_timestep)
+        return noised_batch(inputs, training_schedule(), t, torch.Generator().manual_seed(0), "cpu").timesteps
+
+    everywhere, noisy_end = timesteps(0), timesteps(600)
+    assert everywhere.min() < 100 and everywhere.max() > 900
+    assert noisy_end.min() >= 600 and noisy_end.max() <= 999
+    assert noisy_end.float().std() > 50  # still spread over the range, not pinned to its edge
 
 
 def test_condition_dropout_frequencies():

@@ -21,6 +21,7 @@ import yaml
 
 from emo.config import PRESETS
 from emo.errors import EmoError
+from emo.sampling import NUM_TRAIN_TIMESTEPS
 
 STAGE_COMPONENTS = {  # EMO.md §3: what each stage trains unless the config says otherwise
     1: ["backbone.spatial", "reference_net", "face_locator"],
@@ -81,6 +82,9 @@ class TrainConfig:
     # counts 1 + mouth_weight times, so the few latents that follow the audio are not lost in the rest
     # (Hallo's lip emphasis; 0 = EMO's plain Eq. 1)
     mouth_weight: float = 0.0
+    # timesteps are drawn from [min_timestep, 1000): > 0 trains only the noisy end, where z_t no longer shows the
+    # frame and the conditions (the audio for the mouth) must decide it (0 = EMO's uniform draw)
+    min_timestep: int = 0
     # weight of the audio contrast (ours; emo.training.loss): each batch runs again with another sample's audio,
     # and the mouth's error must then be higher than with its own audio; needs batch_size >= 2 (0 = off)
     audio_contrast: float = 0.0
@@ -180,6 +184,11 @@ class StageConfig:
             (t.noise_offset >= 0, "train.noise_offset", f"must be >= 0, got {t.noise_offset}"),
             (t.mouth_weight >= 0, "train.mouth_weight", f"must be >= 0, got {t.mouth_weight}"),
             (t.audio_contrast >= 0, "train.audio_contrast", f"must be >= 0, got {t.audio_contrast}"),
+            (
+                0 <= t.min_timestep < NUM_TRAIN_TIMESTEPS,
+                "train.min_timestep",
+                f"must be in [0, {NUM_TRAIN_TIMESTEPS}), got {t.min_timestep}",
+            ),
             (
                 t.audio_contrast == 0 or t.batch_size >= 2,
                 "train.audio_contrast",

@@ -119,7 +119,7 @@ def noised_batch(
     if t.noise_offset:  # one offset per (video, channel): lets the model shift a clip's mean brightness
         noise = noise + t.noise_offset * torch.randn((b, 1, target.shape[2], 1, 1), generator=gen)
     noise = noise.to(device)
-    timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen).to(device)
+    timesteps = torch.randint(t.min_timestep, NUM_TRAIN_TIMESTEPS, (b,), generator=gen).to(device)
     noisy = schedule.add_noise(target.float(), noise, timesteps)
 
     drop_ref, drop_audio = dropout_events(
