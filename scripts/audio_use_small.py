@@ -69,8 +69,12 @@ def main() -> None:
     report = {"run": args.run, "items": n, "draws": len(noisy_half)}
     report["loss"] = {k: round(float(np.mean(v)), 5) for k, v in full.items()}
     report["mouth loss"] = {k: round(float(np.mean(v)), 5) for k, v in mouth.items()}
-    # the paired gap (other audio - own audio) in the mouth, with its standard error: > 0 if the audio is used
     half = np.array(noisy_half)
+    for name, pick in (("less noisy half", ~half), ("noisier half", half)):
+        report[f"mouth loss, {name}"] = {
+            k: round(float(np.mean(np.array(v)[pick])), 5) for k, v in mouth.items()
+        }
+    # the paired gap (other audio - own audio) in the mouth, with its standard error: > 0 if the audio is used
     # and against no audio: a network that hears should also do better with its own audio than with none
     for motion in ("with motion frames", "without motion frames"):
         own = np.array(mouth[f"own audio, {motion}"])

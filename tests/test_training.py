@@ -135,11 +135,13 @@ def test_shipped_configs_load_with_the_paper_settings():
 
 
 def test_small_configs_chain_their_stages():
-    """1 -> 2 -> 3 (scripts/train_small.sh) and the 3b, 3c and 3e experiments after 3, each from the previous
-    run directory."""
-    small = {s: load_config(CONFIGS / f"stage{s}_small.yaml") for s in ("1", "2", "3", "3b", "3c", "3e")}
+    """1 -> 2 -> 3 (scripts/train_small.sh) and the 3b, 3c, 3e and 3r runs after 3, each from the previous run
+    directory."""
+    small = {
+        s: load_config(CONFIGS / f"stage{s}_small.yaml") for s in ("1", "2", "3", "3b", "3c", "3e", "3r")
+    }
     assert all(cfg.model == "small" and cfg.codec == "taef2" and cfg.data.latents for cfg in small.values())
-    for previous, stage in (("1", "2"), ("2", "3"), ("3", "3b"), ("3", "3c"), ("3", "3e")):
+    for previous, stage in (("1", "2"), ("2", "3"), ("3", "3b"), ("3", "3c"), ("3", "3e"), ("3", "3r")):
         assert small[stage].init.checkpoint == small[previous].run.output_dir
     # 3b: stage 3's inputs (head speed), stage 2's audio path; the speed layers stay as stage 3 left them
     assert small["3b"].stage == 3
@@ -152,7 +154,11 @@ def test_small_configs_chain_their_stages():
     # 3e: the audio path alone, at the noisy end only, unweighted (uniform timesteps everywhere else)
     assert small["3e"].train.min_timestep > 0 and small["3e"].train.snr_gamma is None
     assert set(small["3e"].components) == set(small["3c"].components)
-    assert all(small[s].train.min_timestep == 0 for s in ("1", "2", "3", "3b", "3c"))
+    assert all(small[s].train.min_timestep == 0 for s in ("1", "2", "3", "3b", "3c", "3r"))
+    # 3r: the audio path alone, with the mouth reading (off everywhere else)
+    assert small["3r"].train.mouth_reading > 0 and small["3r"].train.mouth_reader
+    assert set(small["3r"].components) == set(small["3c"].components)
+    assert all(small[s].train.mouth_reading == 0 for s in ("1", "2", "3", "3b", "3c", "3e"))
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,11 @@ class TrainConfig:
     # weight of the audio contrast (ours; emo.training.loss): each batch runs again with another sample's audio,
     # and the mouth's error must then be higher than with its own audio; needs batch_size >= 2 (0 = off)
     audio_contrast: float = 0.0
+    # weight of the mouth reading (ours; emo.training.mouth_reading): the squared error of the mouth's opening in
+    # the predicted frame, read by the linear mouth reader in `mouth_reader` (a file of
+    # scripts/fit_mouth_reader.py); stages 2/3 (0 = off)
+    mouth_reading: float = 0.0
+    mouth_reader: str | None = None
     ema_decay: float | None = None  # keep an EMA of the trained weights (e.g. 0.9999); None = off
     drop_reference: float = 0.05  # P(reference image -> zero latent) (classifier-free guidance, EMO.md §3)
     drop_audio: float = 0.05  # P(audio features -> zeros) (stages 2/3)
@@ -184,6 +189,12 @@ class StageConfig:
             (t.noise_offset >= 0, "train.noise_offset", f"must be >= 0, got {t.noise_offset}"),
             (t.mouth_weight >= 0, "train.mouth_weight", f"must be >= 0, got {t.mouth_weight}"),
             (t.audio_contrast >= 0, "train.audio_contrast", f"must be >= 0, got {t.audio_contrast}"),
+            (t.mouth_reading >= 0, "train.mouth_reading", f"must be >= 0, got {t.mouth_reading}"),
+            (
+                t.mouth_reading == 0 or t.mouth_reader is not None,
+                "train.mouth_reading",
+                "needs train.mouth_reader: make one with `python scripts/fit_mouth_reader.py DATA_DIR OUT`",
+            ),
             (
                 0 <= t.min_timestep < NUM_TRAIN_TIMESTEPS,
                 "train.min_timestep",
@@ -229,13 +240,10 @@ class StageConfig:
                     "stage 1 starts from init.sd15 or init.checkpoint, not both",
                 )
             )
-            checks.append(
-                (
-                    t.audio_contrast == 0,
-                    "train.audio_contrast",
-                    "needs audio: it applies to stages 2 and 3 only",
+            for name in ("audio_contrast", "mouth_reading"):
+                checks.append(
+                    (getattr(t, name) == 0, f"train.{name}", "needs audio: it applies to stages 2 and 3 only")
                 )
-            )
         else:
             checks.append(
                 (

@@ -21,6 +21,7 @@ from torch import nn
 from emo.models import Conditioning
 from emo.sampling import NUM_TRAIN_TIMESTEPS, prediction_target
 from emo.training.config import TrainConfig
+from emo.training.mouth_reading import MouthReader, reading_error
 from emo.training.stages import ModelInputs
 
 
@@ -162,6 +163,8 @@ def denoising_loss(
     device,
     target: torch.Tensor | None = None,
     prediction: str = "epsilon",
+    reader: MouthReader | None = None,
+    denoised_scale: float = 1.0,
 ) -> torch.Tensor:
     """EMO Eq. 1 on one micro-batch. ``net`` is the (accelerate-prepared) :class:`TrainingModel`; every
     random draw (noise, timesteps, condition dropout) comes from ``gen``. ``target`` is what the network
@@ -170,10 +173,16 @@ def denoising_loss(
     With ``t.audio_contrast`` > 0 (ours, not the paper's), the batch is run a second time with each sample's
     audio swapped for the next sample's, and a hinge asks the mouth's error to be at least
     AUDIO_CONTRAST_MARGIN higher with the other audio than with its own: a network that ignores the audio
-    pays ``audio_contrast`` x the margin."""
+    pays ``audio_contrast`` x the margin.
+
+    With ``t.mouth_reading`` > 0 (ours), the x0 error is read through the mouth ``reader``
+    (:mod:`emo.training.mouth_reading`), and the squared error of the mouth's opening is added at that weight.
+    ``denoised_scale`` is how much larger the denoised latents are than the frame latents (the residual's
+    scale; 1 when the network denoises the frames)."""
     batch = noised_batch(inputs, schedule, t, gen, device, target, prediction)
     output = predict(net, inputs, batch, batch.audio)
-    raw_error = (output - batch.wanted).pow(2)  # (B, F, C, h, w)
+    difference = output - batch.wanted
+    raw_error = difference.pow(2)  # (B, F, C, h, w)
     error = raw_error
     if t.mouth_weight and inputs.mouth is not None:
         error = error * box_weights(inputs.mouth, *error.shape[-2:], t.mouth_weight)
@@ -183,7 +192,24 @@ def denoising_loss(
     loss = per_sample.mean()
     if t.audio_contrast and batch.audio is not None and inputs.mouth is not None and len(output) > 1:
         loss = loss + t.audio_contrast * audio_contrast(net, inputs, batch, raw_error)
+    if t.mouth_reading and reader is not None and inputs.mouth is not None:
+        latent_error = x0_error(difference, alphas_cumprod, batch.timesteps, prediction) / denoised_scale
+        # where the audio was dropped the opening cannot be known: the reading does not count there
+        loss = loss + t.mouth_reading * reading_error(
+            latent_error, inputs.mouth, reader, ~batch.dropped_audio
+        )
     return loss
+
+
+def x0_error(
+    difference: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, prediction: str
+) -> torch.Tensor:
+    """(B, ...) error of the network's ε or v -> the error of the x0 it implies at those timesteps:
+    x0 = (z_t - σ ε) / α, so -σ/α times the ε error; x0 = α z_t - σ v, so -σ times the v error."""
+    alpha_bar = alphas_cumprod.to(difference.device)[timesteps].float()
+    sigma, alpha = (1 - alpha_bar).sqrt(), alpha_bar.sqrt()
+    scale = -sigma / alpha if prediction == "epsilon" else -sigma
+    return scale.view(-1, *[1] * (difference.dim() - 1)) * difference
 
 
 def audio_contrast(net: nn.Module, inputs: ModelInputs, batch: NoisedBatch, own_error: torch.Tensor):

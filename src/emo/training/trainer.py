@@ -38,6 +38,7 @@ from emo.termination import DeferredTermination, Terminated
 from emo.training.checkpoints import BASE, RUN_CONFIG, Checkpointer, Position
 from emo.training.config import StageConfig, TrainConfig
 from emo.training.loss import TrainingModel, denoising_loss, step_generator
+from emo.training.mouth_reading import MouthReader
 from emo.training.stages import (
     ModelInputs,
     build_dataset,
@@ -233,6 +234,9 @@ class Trainer:
 
         self.noise = training_schedule()
         self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)
+        self.reader = MouthReader.load(t.mouth_reader) if t.mouth_reading else None
+        # denoised latents are the frame latents times this (the residual's scale)
+        self.denoised_scale = model.residual_scale if model.denoised == "residual" else 1.0
         self.writer = None
 
     def _write_base(self, model) -> None:
@@ -335,7 +339,8 @@ class Trainer:
                 with acc.accumulate(self.net):
                     target = self.model.to_denoised(inputs.target, inputs.reference)
                     loss = denoising_loss(self.net, inputs, self.noise, self.alphas_cumprod, t, gen,
-                                          self.device, target, self.model.prediction)  # fmt: skip
+                                          self.device, target, self.model.prediction, self.reader,
+                                          self.denoised_scale)  # fmt: skip
                     mean_loss = acc.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(mean_loss):
                         self._close()
