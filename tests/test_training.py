@@ -431,6 +431,27 @@ def test_unknown_component_is_an_error(assets, tmp_path):
 
 
 # -- runs ---------------------------------------------------------------------------------------------
+def test_the_trainer_adds_the_mouth_reading_and_checks_its_reader(assets, runs, tmp_path):
+    """train.mouth_reading through `emo train`: the reader is loaded and checked against the network's latent
+    channels, and its term is in the loss the run logs (the same draws give a higher loss with it)."""
+    from emo.training.mouth_reading import GRID, MouthReader
+
+    channels = EMO.from_pretrained(runs[2] / layout.BASE).backbone.config.in_channels
+    MouthReader(torch.ones(channels * GRID * GRID), 0.0).save(tmp_path / "reader.safetensors")
+    MouthReader(torch.ones(32 * GRID * GRID), 0.0).save(tmp_path / "other_codec.safetensors")
+
+    def first_loss(name, weight, reader="reader.safetensors"):
+        cfg = stage_config(assets, 3, tmp_path / name, {"checkpoint": str(runs[2])},
+                           train={"max_steps": 1, "mouth_reading": weight,
+                                  "mouth_reader": str(tmp_path / reader)})  # fmt: skip
+        return Trainer(cfg).fit().losses[1]
+
+    plain, reading = first_loss("plain", 0.0), first_loss("reading", 10.0)
+    assert math.isfinite(reading) and reading > plain
+    with pytest.raises(EmoError, match=f"reads latents of 32 channels, the network's have {channels}"):
+        first_loss("mismatch", 1.0, "other_codec.safetensors")
+
+
 def test_resume_repeats_the_uninterrupted_run(assets, runs, tmp_path):
     """Interrupted at step 3 and resumed to 6 == 6 steps straight: losses and weights (EMA included) equal
     to 1e-6 (on CPU fp32 they are in fact bit-identical). Gradient accumulation, warmup, cosine LR, noise

@@ -61,7 +61,8 @@ class MouthReader:
             save_file(tensors, str(temp))
 
     @classmethod
-    def load(cls, path: str | Path) -> MouthReader:
+    def load(cls, path: str | Path, latent_channels: int | None = None) -> MouthReader:
+        """The reader in ``path``; with ``latent_channels``, checked to read latents of that many channels."""
         path = Path(path)
         fix = "make one with `python scripts/fit_mouth_reader.py DATA_DIR OUT`"
         if not path.is_file():
@@ -71,6 +72,12 @@ class MouthReader:
             weight, bias = tensors["weight"], float(tensors["bias"][0])
         except (SafetensorError, KeyError, IndexError, OSError) as exc:
             raise EmoError(f"{path}: not a mouth reader ({exc}); {fix}") from None
+        if latent_channels is not None and weight.numel() != latent_channels * GRID * GRID:
+            raise EmoError(
+                f"{path} reads latents of {weight.numel() // (GRID * GRID)} channels, the network's have "
+                f"{latent_channels}: fit one on a dataset of this codec's latents with "
+                "`python scripts/fit_mouth_reader.py DATA_DIR OUT`"
+            )
         return cls(weight, bias)
 
 

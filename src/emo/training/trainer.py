@@ -234,7 +234,8 @@ class Trainer:
 
         self.noise = training_schedule()
         self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)
-        self.reader = MouthReader.load(t.mouth_reader) if t.mouth_reading else None
+        channels = model.backbone.config.in_channels
+        self.reader = MouthReader.load(t.mouth_reader, channels) if t.mouth_reading else None
         # denoised latents are the frame latents times this (the residual's scale)
         self.denoised_scale = model.residual_scale if model.denoised == "residual" else 1.0
         self.writer = None
