@@ -93,7 +93,9 @@ def test_a_missing_or_foreign_reader_file_is_a_clear_error(tmp_path):
         MouthReader.load(tmp_path / "other.safetensors")
     MouthReader(torch.zeros(32 * 16), 0.0).save(tmp_path / "taef2.safetensors")
     assert MouthReader.load(tmp_path / "taef2.safetensors", latent_channels=32).weight.numel() == 32 * 16
-    with pytest.raises(EmoError, match="reads latents of 32 channels, the network's have 4: fit one on a dataset"):
+    with pytest.raises(
+        EmoError, match="reads latents of 32 channels, the network's have 4: fit one on a dataset"
+    ):
         MouthReader.load(tmp_path / "taef2.safetensors", latent_channels=4)
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(EmoError, match="not a mouth reader"):
