@@ -21,23 +21,18 @@ import torch
 from safetensors.numpy import load_file
 
 from emo.conditioning.windows import window
-from emo.eval.mouth import lip_gap, pearson
+from emo.eval.mouth import pearson
+from emo.training.mouth_reading import clip_openings, clips_of
 
 WINDOW = 2  # frames either side: the projector's ±m
 
 
 def clip_arrays(clip: Path) -> tuple[np.ndarray, np.ndarray]:
     """(F, (2m+1)·L·D) windowed audio features, (F,) mouth opening (NaN where the face was not found)."""
-    meta = np.load(clip / "meta.npz")
-    opening = lip_gap(meta["landmarks"])
-    opening[~meta["face_found"]] = np.nan
+    opening = clip_openings(clip)
     feats = torch.from_numpy(load_file(str(clip / "audio_features.safetensors"))["features"])  # (F, L, D)
     windows = window(feats.double(), WINDOW).flatten(1).numpy()  # (F, (2m+1)·L·D), as the dataset windows it
     return windows, opening
-
-
-def clips(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob("videos/*/*/meta.npz"))
 
 
 def main() -> None:
@@ -51,7 +46,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    train = [clip_arrays(c) for c in clips(args.data / "train")]
+    train = [clip_arrays(c) for c in clips_of(args.data / "train")]
     x = np.concatenate([f for f, _ in train])
     y = np.concatenate([o for _, o in train])
     ok = np.isfinite(y)
@@ -65,7 +60,7 @@ def main() -> None:
 
     report = {"train frames": int(ok.sum()), "train r": round(pearson(predict(x), y), 3)}
     for group in ("val_known", "val_unseen"):
-        held = [clip_arrays(c) for c in clips(args.data / group)]
+        held = [clip_arrays(c) for c in clips_of(args.data / group)]
         own = [pearson(predict(f), o) for f, o in held]
         other = []  # the next clip's audio, tiled or cut to this clip's length
         for i, (_, o) in enumerate(held):

@@ -50,7 +50,6 @@ def main() -> None:
                            torch.float32) for i in range(n)]  # fmt: skip
     schedule = training_schedule()
     reader = MouthReader.load(args.mouth_reader) if args.mouth_reader else None
-    scale = model.residual_scale if model.denoised == "residual" else 1.0
     full: dict[str, list[float]] = {}
     mouth: dict[str, list[float]] = {}
     opening: dict[str, list[float]] = {}
@@ -81,7 +80,10 @@ def main() -> None:
                                 difference, schedule.alphas_cumprod, batch.timesteps, model.prediction
                             )
                             read = reading_error(
-                                x0 / scale, inputs.mouth, reader, torch.ones(1, dtype=torch.bool)
+                                x0 / model.denoised_scale,
+                                inputs.mouth,
+                                reader,
+                                torch.ones(1, dtype=torch.bool),
                             )
                             opening.setdefault(key, []).append(read.item())
     report = {"run": args.run, "items": n, "draws": len(noisy_half)}

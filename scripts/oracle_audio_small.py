@@ -18,17 +18,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from emo.data.clips import AUDIO_FEATURES, META
-from emo.eval.mouth import lip_gap
+from emo.data.clips import AUDIO_FEATURES
+from emo.training.mouth_reading import clip_openings, clips_of
 
 PARTS = ("train", "val_known", "val_unseen")
-
-
-def openings(clip: Path) -> np.ndarray:
-    meta = np.load(clip / META)
-    opening = lip_gap(meta["landmarks"])
-    opening[~meta["face_found"]] = np.nan
-    return opening
 
 
 def main() -> None:
@@ -36,7 +29,7 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    train = np.concatenate([openings(m.parent) for m in (args.data / "train").glob(f"videos/*/*/{META}")])
+    train = np.concatenate([clip_openings(clip) for clip in clips_of(args.data / "train")])
     mean, std = np.nanmean(train), np.nanstd(train)
     for part in PARTS:
         for path in sorted((args.data / part).rglob("*")):
@@ -45,7 +38,7 @@ def main() -> None:
                 copy.mkdir(parents=True, exist_ok=True)
             elif path.name == AUDIO_FEATURES:
                 features = load_file(str(path))["features"]  # (F, L, D)
-                oracle = torch.from_numpy(np.nan_to_num((openings(path.parent) - mean) / std)).float()
+                oracle = torch.from_numpy(np.nan_to_num((clip_openings(path.parent) - mean) / std)).float()
                 save_file({"features": oracle[:, None, None].expand_as(features).contiguous()}, str(copy))
             else:
                 copy.parent.mkdir(parents=True, exist_ok=True)

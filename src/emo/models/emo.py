@@ -205,6 +205,11 @@ class EMO(nn.Module):
             return frames
         return (frames - reference[:, None]) * self.residual_scale
 
+    @property
+    def denoised_scale(self) -> float:
+        """How much larger an error of the denoised latents is than the frame latents' error it means."""
+        return self.residual_scale if self.denoised == "residual" else 1.0
+
     def from_denoised(self, denoised: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`to_denoised`: denoised latents -> (B, F, C, h, w) frame latents."""
         if self.denoised == "frames":

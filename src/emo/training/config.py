@@ -22,6 +22,7 @@ import yaml
 from emo.config import PRESETS
 from emo.errors import EmoError
 from emo.sampling import NUM_TRAIN_TIMESTEPS
+from emo.training.mouth_reading import FIT_COMMAND
 
 STAGE_COMPONENTS = {  # EMO.md §3: what each stage trains unless the config says otherwise
     1: ["backbone.spatial", "reference_net", "face_locator"],
@@ -193,7 +194,7 @@ class StageConfig:
             (
                 t.mouth_reading == 0 or t.mouth_reader is not None,
                 "train.mouth_reading",
-                "needs train.mouth_reader: make one with `python scripts/fit_mouth_reader.py DATA_DIR OUT`",
+                f"needs train.mouth_reader: make one with {FIT_COMMAND}",
             ),
             (
                 0 <= t.min_timestep < NUM_TRAIN_TIMESTEPS,

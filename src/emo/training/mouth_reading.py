@@ -7,7 +7,7 @@ held-out clips' openings at r 0.85). In training, the network's x0 error read th
 mouth's opening in the predicted frame, and `train.mouth_reading` weighs its square into the loss.
 
 Why: the plain MSE spreads over every direction of the latents, and the mouth's opening is a small share of
-them (8 % of the mouth box's frame-to-frame variance at 16² latents). The `small` model trained on it learned to
+them (7.5 % of the mouth crop's frame-to-frame variance at 16² latents). The `small` model trained on it learned to
 ignore the audio, even when the audio features were replaced by the true opening (docs/small_model.md).
 
 The reader crops a square around the mouth box's centre, its side a fixed multiple of the box's width, so the
@@ -29,6 +29,7 @@ from emo.data.clips import LATENTS, META
 from emo.errors import EmoError
 from emo.media import atomic_path
 
+FIT_COMMAND = "`python scripts/fit_mouth_reader.py DATA_DIR OUT`"  # how a user makes a reader
 GRID = 4  # the crop is sampled on GRID x GRID latent positions
 SIDE = 1.2  # the crop's side, in mouth-box widths
 
@@ -51,9 +52,9 @@ class MouthReader:
     weight: torch.Tensor  # (C·GRID²,)
     bias: float  # opening = crop · weight + bias, in standard deviations of the fitting set's openings
 
-    def read(self, latents: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) latents, (N, 4) mouth boxes -> (N,) the mouths' openings."""
-        return mouth_crops(latents, boxes) @ self.weight.to(latents) + self.bias
+    def read(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, C·GRID²) mouth crops (`mouth_crops`) -> (N,) the mouths' openings."""
+        return crops @ self.weight.to(crops) + self.bias
 
     def save(self, path: str | Path) -> None:
         tensors = {"weight": self.weight.float().contiguous(), "bias": torch.tensor([self.bias])}
@@ -64,7 +65,7 @@ class MouthReader:
     def load(cls, path: str | Path, latent_channels: int | None = None) -> MouthReader:
         """The reader in ``path``; with ``latent_channels``, checked to read latents of that many channels."""
         path = Path(path)
-        fix = "make one with `python scripts/fit_mouth_reader.py DATA_DIR OUT`"
+        fix = f"make one with {FIT_COMMAND}"
         if not path.is_file():
             raise EmoError(f"train.mouth_reader {path} not found; {fix}")
         try:
@@ -75,8 +76,7 @@ class MouthReader:
         if latent_channels is not None and weight.numel() != latent_channels * GRID * GRID:
             raise EmoError(
                 f"{path} reads latents of {weight.numel() // (GRID * GRID)} channels, the network's have "
-                f"{latent_channels}: fit one on a dataset of this codec's latents with "
-                "`python scripts/fit_mouth_reader.py DATA_DIR OUT`"
+                f"{latent_channels}: fit one on a dataset of this codec's latents with {FIT_COMMAND}"
             )
         return cls(weight, bias)
 
@@ -94,17 +94,27 @@ def clips_of(dataset: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(dataset).glob(f"videos/*/*/{META}"))
 
 
+def clip_openings(clip: Path) -> np.ndarray:
+    """A preprocessed clip -> (F,) each frame's mouth opening (inner-lip gap / inter-ocular distance, from its
+    Face Mesh landmarks); NaN where the face was not found."""
+    from emo.eval.mouth import lip_gap
+
+    meta = np.load(clip / META)
+    opening = lip_gap(meta["landmarks"])
+    opening[~meta["face_found"]] = np.nan
+    return opening
+
+
 def clip_crops(clip: Path) -> tuple[torch.Tensor, np.ndarray]:
     """A preprocessed clip -> (F', C·GRID²) mouth crops of its cached latents and (F',) mouth openings, for the
     F' frames where the face was found."""
     from emo.conditioning.face import mouth_boxes
-    from emo.eval.mouth import lip_gap
 
     if not (clip / LATENTS).is_file():
         raise EmoError(f"{clip} has no {LATENTS}; preprocess the dataset with --codec to add latents")
     meta = np.load(clip / META)
-    opening = lip_gap(meta["landmarks"])
-    found = meta["face_found"] & np.isfinite(opening)
+    opening = clip_openings(clip)
+    found = np.isfinite(opening)
     latents = load_file(str(clip / LATENTS))["latents"].float()
     boxes = torch.from_numpy(mouth_boxes(meta["landmarks"], meta["mask"].shape[-1]))
     return mouth_crops(latents, boxes)[torch.from_numpy(found)], opening[found]
@@ -137,6 +147,5 @@ def score_mouth_reader(reader: MouthReader, dataset: str | Path) -> list[float]:
     scores = []
     for clip in clips_of(dataset):
         crops, opening = clip_crops(clip)
-        read = (crops @ reader.weight + reader.bias).numpy()
-        scores.append(round(pearson(read, opening), 3))
+        scores.append(round(pearson(reader.read(crops).numpy(), opening), 3))
     return scores

@@ -236,8 +236,6 @@ class Trainer:
         self.alphas_cumprod = self.noise.alphas_cumprod.to(self.device)
         channels = model.backbone.config.in_channels
         self.reader = MouthReader.load(t.mouth_reader, channels) if t.mouth_reading else None
-        # denoised latents are the frame latents times this (the residual's scale)
-        self.denoised_scale = model.residual_scale if model.denoised == "residual" else 1.0
         self.writer = None
 
     def _write_base(self, model) -> None:
@@ -341,7 +339,7 @@ class Trainer:
                     target = self.model.to_denoised(inputs.target, inputs.reference)
                     loss = denoising_loss(self.net, inputs, self.noise, self.alphas_cumprod, t, gen,
                                           self.device, target, self.model.prediction, self.reader,
-                                          self.denoised_scale)  # fmt: skip
+                                          self.model.denoised_scale)  # fmt: skip
                     mean_loss = acc.reduce(loss.detach(), "mean").item()
                     if not math.isfinite(mean_loss):
                         self._close()
