@@ -23,11 +23,12 @@ import json
 import numpy as np
 import torch
 
+from emo.conditioning.mouth import MouthReader
 from emo.sampling import NUM_TRAIN_TIMESTEPS, training_schedule
 from emo.training.config import load_config
 from emo.training.export import load_trained_model
 from emo.training.loss import TrainingModel, mouth_error, noised_batch, predict, x0_error
-from emo.training.mouth_reading import MouthReader, reading_error
+from emo.training.mouth_reading import reading_error
 from emo.training.stages import build_dataset, cached_inputs
 
 

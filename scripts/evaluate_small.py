@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from emo.conditioning.face import FaceAnalyzer
-from emo.conditioning.face.geometry import Box
+from emo.conditioning.face.geometry import Box, mouth_boxes
 from emo.conditioning.face.portrait import Portrait
 from emo.data import manifest as mf
 from emo.data.clips import AUDIO, META, read_frames, write_audio
@@ -59,13 +59,14 @@ class HeldOutClip:
         n = min(len(offsets) - 1, int(round(seconds * fps)))
         self.frames = read_frames(clip_dir, range(n), offsets)  # (n, S, S, 3)
         self.mask = meta["mask"].astype(np.float32)
+        self.mouth_box = mouth_boxes(meta["landmarks"][:1], self.frames.shape[1])[0]  # the first frame's
         self.speed = float(np.median(meta["speed"][:n]))
         audio = load_audio(clip_dir / AUDIO, sample_rate=16000)
         self.audio = audio[: int(round(n / fps * 16000))]
 
     def portrait(self) -> Portrait:
         size = self.frames.shape[1]
-        return Portrait(self.frames[0], self.mask, None, 1, Box(0, 0, size, size), None)
+        return Portrait(self.frames[0], self.mask, None, 1, Box(0, 0, size, size), None, self.mouth_box)
 
 
 def held_out_clips(data: Path, group: str, seconds: float) -> list[HeldOutClip]:
@@ -91,6 +92,7 @@ def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args, audio: np.nd
         seed=0,
         strength=args.strength_used,
         audio_guidance=args.audio_guidance_used,
+        mouth_guidance=args.mouth_guidance,
     )
     pipe.generate(audio_path, audio_path, out, opts, overwrite=True, progress=False)
     audio_path.unlink()
@@ -194,6 +196,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--strength", type=float, help="default: the model's own (its generation.json)")
     parser.add_argument("--audio-guidance", type=float, help="default: the model's own, else 1.0 (off)")
+    parser.add_argument(
+        "--mouth-guidance",
+        type=float,
+        help="default: the model's mouth guide at full strength, if it has one",
+    )
     args = parser.parse_args()
 
     pipe = EMOPipeline.from_weights(args.weights)
@@ -203,7 +210,8 @@ def main() -> None:
     )
     results: dict = {"weights": str(args.weights), "seconds": args.seconds, "sampler": args.sampler,
                      "steps": args.steps, "strength": args.strength_used,
-                     "audio_guidance": args.audio_guidance_used, "groups": {}}  # fmt: skip
+                     "audio_guidance": args.audio_guidance_used, "mouth_guidance": args.mouth_guidance,
+                     "mouth_guide": pipe.mouth_guide is not None, "groups": {}}  # fmt: skip
     strip, plots = [], []
     for group, what in GROUPS.items():
         dirs = {k: args.out / k / group for k in ("real", "generated", "still", "swapped")}

@@ -434,7 +434,7 @@ def test_unknown_component_is_an_error(assets, tmp_path):
 def test_the_trainer_adds_the_mouth_reading_and_checks_its_reader(assets, runs, tmp_path):
     """train.mouth_reading through `emo train`: the reader is loaded and checked against the network's latent
     channels, and its term is in the loss the run logs (the same draws give a higher loss with it)."""
-    from emo.training.mouth_reading import GRID, MouthReader
+    from emo.conditioning.mouth import GRID, MouthReader
 
     channels = EMO.from_pretrained(runs[2] / layout.BASE).backbone.config.in_channels
     MouthReader(torch.ones(channels * GRID * GRID), 0.0).save(tmp_path / "reader.safetensors")

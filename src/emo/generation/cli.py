@@ -66,6 +66,12 @@ def add_arguments(parser) -> None:
     )
     gen.add_argument("--audio-guidance", type=float, default=1.0, help="CFG scale on the audio (1.0 = off)")
     gen.add_argument(
+        "--mouth-guidance",
+        type=float,
+        help="0-1: how far each denoising step moves the mouth to the opening the audio calls for, through the "
+        "model's mouth guide (the shipped small model's lip sync); 0 = off (default: 1 if the model has one)",
+    )
+    gen.add_argument(
         "--strength",
         type=float,
         help="1.0 (the paper): denoise from pure noise; below 1, from the portrait noised that far (SDEdit): "
@@ -331,6 +337,7 @@ def run(args) -> int:
         seed=args.seed,
         reference_guidance=args.reference_guidance,
         audio_guidance=args.audio_guidance,
+        mouth_guidance=args.mouth_guidance,
         fps=args.fps,
         **model_options(args),
         max_duration=args.max_duration,

@@ -36,11 +36,12 @@ from emo.conditioning.audio_front_end import (
     read_front_end_record,
 )
 from emo.conditioning.face import Box, box_mask, parse_region, prepare_portrait
+from emo.conditioning.mouth import MOUTH_GUIDE, MouthGuide
 from emo.conditioning.windows import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, check_output, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
-from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample, steps_run
+from emo.sampling import SAMPLERS, combine_guidance, edit_clean, guidance_plan, sample, steps_run
 from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class GenerationOptions:
     seed: int = 0
     reference_guidance: float = 1.0  # classifier-free guidance on the reference image (1.0 = off)
     audio_guidance: float = 1.0  # classifier-free guidance on the audio (1.0 = off)
+    # How far each denoising step moves the mouth to the opening the audio calls for (the model's mouth guide,
+    # emo.conditioning.mouth): None = the model's guide at full strength if it has one, 0 = off.
+    mouth_guidance: float | None = None
     strength: float = 1.0  # 1.0: from pure noise (the paper); < 1: from the noised reference (SDEdit)
     fps: float = 30.0
     size: int = 512  # output side in pixels (a multiple of 8)
@@ -92,6 +96,10 @@ class GenerationOptions:
             ),
             (self.reference_guidance >= 0 and self.audio_guidance >= 0, "guidance scales must be >= 0"),
             (0 < self.strength <= 1, f"--strength must be in (0, 1], got {self.strength}"),
+            (
+                self.mouth_guidance is None or 0 <= self.mouth_guidance <= 1,
+                f"--mouth-guidance must be in [0, 1], got {self.mouth_guidance}",
+            ),
             (self.decode_chunk >= 1, f"decode chunk must be >= 1, got {self.decode_chunk}"),
             # torch.Generator.manual_seed's range (outside it torch raises an internal-looking ValueError)
             (-(2**63) <= self.seed < 2**64, f"--seed must be in [-2^63, 2^64), got {self.seed}"),
@@ -153,6 +161,9 @@ class EMOPipeline:
         self.audio_encoder = audio_encoder
         self.cache_dir = cache_dir
         self.defaults: dict = {}  # generation options the checkpoint sets for itself (model_defaults)
+        self.mouth_guide: MouthGuide | None = (
+            None  # audio -> mouth opening at sampling time, if the model has one
+        )
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -187,6 +198,10 @@ class EMOPipeline:
             cache_dir,
         )
         pipe.defaults = model_defaults(weights)
+        if (weights / MOUTH_GUIDE).is_file():
+            pipe.mouth_guide = MouthGuide.load(weights / MOUTH_GUIDE, model.backbone.config.in_channels)
+            proj = model.audio_projector.config
+            pipe.mouth_guide.check_features(weights / MOUTH_GUIDE, proj.num_layers, proj.feature_dim)
         return pipe
 
     @classmethod
@@ -279,8 +294,10 @@ class EMOPipeline:
         motion: torch.Tensor | None,
         opts: GenerationOptions,
         on_step=None,
+        mouth: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     ) -> torch.Tensor:
-        """One clip: (1, f, C, h, w) noise -> its frame latents, with one ReferenceNet pass."""
+        """One clip: (1, f, C, h, w) noise -> its frame latents, with one ReferenceNet pass. ``mouth``: the
+        mouth box (4,), the (f,) openings the audio calls for and the strength the mouth guide steers with."""
         passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
         reference_variants = sorted({ref_on for ref_on, _ in passes}, reverse=True)  # True first
         images = torch.cat([reference if on else torch.zeros_like(reference) for on in reference_variants])
@@ -300,6 +317,17 @@ class EMOPipeline:
             model_in = latents.expand(len(passes), *latents.shape[1:]).to(self.dtype)
             timesteps = t.reshape(1).expand(len(passes)).to(self.device)
             return combine_guidance(self.model(model_in, timesteps, cond, batched_ref).float(), weights)
+
+        if mouth is not None:
+            box, targets, strength = mouth
+            scale = self.model.denoised_scale
+
+            def steer(clean: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # in the denoised space
+                frames = self.model.from_denoised(clean, reference.float())
+                moved = self.mouth_guide.steer(frames, box, targets, strength)
+                return clean + (moved - frames) * scale
+
+            denoiser = edit_clean(denoiser, self.model.prediction, steer)
 
         def step_done(*_) -> None:
             if on_step is not None:
@@ -343,6 +371,7 @@ class EMOPipeline:
         )
         reference = self.encode_image(portrait.image)
         h, w = reference.shape[-2:]
+        mouth_strength = self.mouth_strength(opts, portrait)
         generator = torch.Generator("cpu").manual_seed(opts.seed)
 
         written = 0
@@ -374,6 +403,11 @@ class EMOPipeline:
                 audio = clip_window(features, clip * f, f, m)[None].to(
                     self.device, self.dtype
                 )  # (1, f, 2m+1, L, D)
+                mouth = None
+                if mouth_strength:
+                    guide_window = clip_window(features, clip * f, f, self.mouth_guide.audio.half_window)
+                    box = torch.from_numpy(portrait.mouth_box)
+                    mouth = (box, self.mouth_guide.openings(guide_window), mouth_strength)
                 latents = self.denoise_clip(
                     noise,
                     audio,
@@ -383,6 +417,7 @@ class EMOPipeline:
                     motion,
                     opts,
                     on_step=functools.partial(on_step, clip),
+                    mouth=mouth,
                 )
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
@@ -392,6 +427,22 @@ class EMOPipeline:
                 bar.set_postfix(clip=f"{clip + 1}/{clips}")
         bar.close()
         return GenerationResult(out_path, written, clips, time.perf_counter() - start)
+
+    def mouth_strength(self, opts: GenerationOptions, portrait) -> float:
+        """How strongly the mouth guide steers this video (0: not at all)."""
+        if opts.mouth_guidance == 0:
+            return 0.0
+        if self.mouth_guide is None:
+            if opts.mouth_guidance is None:
+                return 0.0
+            raise EmoError(
+                "--mouth-guidance: this model has no mouth guide "
+                f"({MOUTH_GUIDE}); leave the option out, or fit one with scripts/fit_mouth_guide.py"
+            )
+        if portrait.mouth_box is None:
+            log.info("no face in the portrait: the mouth guide is off")
+            return 0.0
+        return 1.0 if opts.mouth_guidance is None else opts.mouth_guidance
 
 
 GENERATION_DEFAULTS = "generation.json"  # in a checkpoint: the options it is meant to be run with

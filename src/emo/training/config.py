@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from emo.conditioning.mouth import FIT_COMMAND
 from emo.config import PRESETS
 from emo.errors import EmoError
 from emo.sampling import NUM_TRAIN_TIMESTEPS
-from emo.training.mouth_reading import FIT_COMMAND
 
 STAGE_COMPONENTS = {  # EMO.md §3: what each stage trains unless the config says otherwise
     1: ["backbone.spatial", "reference_net", "face_locator"],

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from emo.conditioning.mouth import MouthReader
 from emo.models import Conditioning
 from emo.sampling import NUM_TRAIN_TIMESTEPS, prediction_target
 from emo.training.config import TrainConfig
-from emo.training.mouth_reading import MouthReader, reading_error
+from emo.training.mouth_reading import reading_error
 from emo.training.stages import ModelInputs
 
 

@@ -1,84 +1,28 @@
-"""The mouth-reading loss (ours, not the paper's; `train.mouth_reading`).
+"""Fitting the mouth's readers on a dataset, and the mouth-reading loss (ours, not the paper's).
 
-A *mouth reader* is a linear map from the latents around the mouth to the mouth's opening (inner-lip gap over
-inter-ocular distance, in standard deviations of the training set). It is fitted once, by ridge regression on a
-preprocessed dataset's clean latents (`fit_mouth_reader`; for the `small` model's TAEF2 latents it reads the
-held-out clips' openings at r 0.85). In training, the network's x0 error read through it is the error of the
-mouth's opening in the predicted frame, and `train.mouth_reading` weighs its square into the loss.
+The mouth reader (`emo.conditioning.mouth.MouthReader`) is fitted once, by ridge regression on a preprocessed
+dataset's clean latents (`fit_mouth_reader`; for the `small` model's TAEF2 latents it reads the held-out clips'
+openings at r 0.85). In training, the network's x0 error read through it is the error of the mouth's opening in
+the predicted frame, and `train.mouth_reading` weighs its square into the loss (`reading_error`).
 
 Why: the plain MSE spreads over every direction of the latents, and the mouth's opening is a small share of
 them (7.5 % of the mouth crop's frame-to-frame variance at 16² latents). The `small` model trained on it learned to
 ignore the audio, even when the audio features were replaced by the true opening (docs/small_model.md).
 
-The reader crops a square around the mouth box's centre, its side a fixed multiple of the box's width, so the
-crop does not tell the opening by its height.
+`fit_mouth_guide` fits the mouth guide that steers sampling instead (`emo.conditioning.mouth.MouthGuide`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from emo.conditioning.mouth import AudioReader, MouthGuide, MouthReader, mouth_crops
 from emo.data.clips import LATENTS, META
 from emo.errors import EmoError
-from emo.media import atomic_path
-
-FIT_COMMAND = "`python scripts/fit_mouth_reader.py DATA_DIR OUT`"  # how a user makes a reader
-GRID = 4  # the crop is sampled on GRID x GRID latent positions
-SIDE = 1.2  # the crop's side, in mouth-box widths
-
-
-def mouth_crops(latents: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) latents, (N, 4) mouth boxes x0, y0, x1, y1 (fractions of the frame) -> (N, C·GRID²) the
-    latents bilinearly sampled on a square around each box's centre, SIDE box widths across."""
-    boxes = boxes.to(latents.dtype)
-    centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    half = SIDE / 2 * (boxes[:, 2] - boxes[:, 0])
-    steps = torch.linspace(-1, 1, GRID, device=latents.device, dtype=latents.dtype)
-    xs = (centre_x[:, None] + half[:, None] * steps) * 2 - 1  # (N, GRID), grid_sample's [-1, 1]
-    ys = (centre_y[:, None] + half[:, None] * steps) * 2 - 1
-    grid = torch.stack([xs[:, None, :].expand(-1, GRID, -1), ys[:, :, None].expand(-1, -1, GRID)], -1)
-    return F.grid_sample(latents, grid, align_corners=False).flatten(1)
-
-
-@dataclass
-class MouthReader:
-    weight: torch.Tensor  # (C·GRID²,)
-    bias: float  # opening = crop · weight + bias, in standard deviations of the fitting set's openings
-
-    def read(self, crops: torch.Tensor) -> torch.Tensor:
-        """(N, C·GRID²) mouth crops (`mouth_crops`) -> (N,) the mouths' openings."""
-        return crops @ self.weight.to(crops) + self.bias
-
-    def save(self, path: str | Path) -> None:
-        tensors = {"weight": self.weight.float().contiguous(), "bias": torch.tensor([self.bias])}
-        with atomic_path(path) as temp:
-            save_file(tensors, str(temp))
-
-    @classmethod
-    def load(cls, path: str | Path, latent_channels: int | None = None) -> MouthReader:
-        """The reader in ``path``; with ``latent_channels``, checked to read latents of that many channels."""
-        path = Path(path)
-        fix = f"make one with {FIT_COMMAND}"
-        if not path.is_file():
-            raise EmoError(f"train.mouth_reader {path} not found; {fix}")
-        try:
-            tensors = load_file(str(path))
-            weight, bias = tensors["weight"], float(tensors["bias"][0])
-        except (SafetensorError, KeyError, IndexError, OSError) as exc:
-            raise EmoError(f"{path}: not a mouth reader ({exc}); {fix}") from None
-        if latent_channels is not None and weight.numel() != latent_channels * GRID * GRID:
-            raise EmoError(
-                f"{path} reads latents of {weight.numel() // (GRID * GRID)} channels, the network's have "
-                f"{latent_channels}: fit one on a dataset of this codec's latents with {FIT_COMMAND}"
-            )
-        return cls(weight, bias)
 
 
 def reading_error(latent_error: torch.Tensor, boxes: torch.Tensor, reader: MouthReader, keep: torch.Tensor):
@@ -149,3 +93,58 @@ def score_mouth_reader(reader: MouthReader, dataset: str | Path) -> list[float]:
         crops, opening = clip_crops(clip)
         scores.append(round(pearson(reader.read(crops).numpy(), opening), 3))
     return scores
+
+
+def clip_audio(clip: Path) -> torch.Tensor:
+    """A preprocessed clip's per-frame audio features, (F, L, D) float32."""
+    return load_file(str(clip / "audio_features.safetensors"))["features"].float()
+
+
+def fit_mouth_guide(
+    dataset: str | Path, half_window: int = 2, audio_ridge: float = 1e4, reader_ridge: float = 1e3
+) -> tuple[MouthGuide, dict]:
+    """The mouth guide (`emo.conditioning.mouth`) of a preprocessed dataset with latents: the mouth reader,
+    the opening direction (the mouth crop regressed on the opening within each clip, so that it is how one
+    person's mouth changes as it opens, not how people differ) and the audio reader (ridge from each frame's
+    window of audio features to its opening). Returns the guide and its fit."""
+    from emo.conditioning.windows import window
+    from emo.eval.mouth import pearson
+
+    reader, fit = fit_mouth_reader(dataset, reader_ridge)
+    clips = clips_of(dataset)
+    openings = np.concatenate([clip_openings(c) for c in clips])
+    found = np.isfinite(openings)
+    y_mean, y_std = openings[found].mean(), openings[found].std() + 1e-12
+
+    moved = np.zeros(reader.weight.numel())
+    spread = 0.0
+    windows, targets = [], []
+    for clip in clips:
+        crops, opening = clip_crops(clip)
+        if len(opening) > 1:
+            y = (opening - opening.mean()) / y_std
+            x = crops.double().numpy()
+            moved += (x - x.mean(0)).T @ y
+            spread += y @ y
+        features = clip_audio(clip)
+        all_openings = clip_openings(clip)
+        keep = np.isfinite(all_openings)
+        windows.append(window(features.double(), half_window).flatten(1).numpy()[keep])
+        targets.append((all_openings[keep] - y_mean) / y_std)
+    if spread == 0:
+        raise EmoError(f"{dataset}: no clip with two frames of a face to fit a mouth guide on")
+    direction = torch.from_numpy(moved / spread).float()
+
+    x, y = np.concatenate(windows), np.concatenate(targets)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    w = np.linalg.solve(z.T @ z + audio_ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+    predicted = z @ w + y.mean()
+    audio = AudioReader(
+        torch.from_numpy(mean).float(), torch.from_numpy(std).float(), torch.from_numpy(w).float(),
+        float(y.mean()), half_window,
+    )  # fmt: skip
+    gain = float(y.std() / max(predicted.std(), 1e-12))  # ridge shrinks: give the openings their real spread
+    guide = MouthGuide(reader, direction, audio, gain)
+    fit.update({"audio r": round(pearson(predicted, y), 3), "gain": round(gain, 3)})
+    return guide, fit

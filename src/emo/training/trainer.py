@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from emo.codec import LatentCodec, load_codec
 from emo.conditioning.audio_front_end import FRONT_END_RECORD
+from emo.conditioning.mouth import MouthReader
 from emo.errors import EmoError
 from emo.models import EMO
 from emo.sampling import training_schedule
@@ -38,7 +39,6 @@ from emo.termination import DeferredTermination, Terminated
 from emo.training.checkpoints import BASE, RUN_CONFIG, Checkpointer, Position
 from emo.training.config import StageConfig, TrainConfig
 from emo.training.loss import TrainingModel, denoising_loss, step_generator
-from emo.training.mouth_reading import MouthReader
 from emo.training.stages import (
     ModelInputs,
     build_dataset,

@@ -15,6 +15,7 @@ from emo.conditioning.face.geometry import (
     box_in_crop,
     center_square,
     crop_and_resize,
+    mouth_boxes,
     parse_region,
     region_mask,
     square_crop_box,
@@ -38,6 +39,9 @@ class Portrait:
     num_faces: int  # faces detected in the original image (the largest one is used)
     crop_box: Box  # the square crop in the original image's pixels (may extend past it: padded)
     observation: FaceObservation | None  # landmarks/pose in the original image's pixels
+    mouth_box: np.ndarray | None = (
+        None  # (4,) x0, y0, x1, y1 of the mouth, fractions of the crop (mouth guide)
+    )
 
 
 def prepare_portrait(
@@ -100,6 +104,9 @@ def prepare_portrait(
             size / max(crop.width, 1.0),
             size,
         )
+    landmarks = observation.landmarks.copy()  # into pixels of the size² crop
+    landmarks[:, 0] = (landmarks[:, 0] - crop.x0) * size / crop.width
+    landmarks[:, 1] = (landmarks[:, 1] - crop.y0) * size / crop.height
     return Portrait(
         image=crop_and_resize(image, crop, size),
         mask=region_mask(region, face_box, size),
@@ -107,4 +114,5 @@ def prepare_portrait(
         num_faces=max(len(boxes), 1),
         crop_box=crop,
         observation=observation,
+        mouth_box=mouth_boxes(landmarks[None], size)[0],
     )
