@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +17,10 @@ from emo.conditioning.mouth import (
     MouthGuide,
     MouthReader,
     mouth_crops,
+    open_mouth,
 )
 from emo.errors import EmoError
 from emo.eval.mouth import pearson
-from emo.sampling import edit_clean, training_schedule
 from emo.training.mouth_reading import clip_audio, clip_openings, clips_of, fit_mouth_guide
 from mouth_helpers import add_audio, write_dataset
 
@@ -28,48 +29,47 @@ BOX = torch.tensor([0.4, 0.55, 0.65, 0.75])
 
 def random_guide(channels: int = 4, seed: int = 0) -> MouthGuide:
     g = torch.Generator().manual_seed(seed)
-    n = channels * GRID * GRID
-    reader = MouthReader(torch.randn(n, generator=g), 0.1)
+    reader = MouthReader(torch.randn(channels * GRID * GRID, generator=g), 0.1)
     audio = AudioReader(torch.zeros(5 * 2 * 3), torch.ones(5 * 2 * 3), torch.randn(30, generator=g), 0.0, 2)
-    return MouthGuide(reader, torch.randn(n, generator=g), audio, 1.5)
+    return MouthGuide(reader, audio, 1.5, 0.1, 0.9)
 
 
-def read(guide: MouthGuide, frames: torch.Tensor) -> torch.Tensor:
-    b, f = frames.shape[:2]
-    return guide.reader.read(mouth_crops(frames.flatten(0, 1), BOX.expand(b * f, 4))).reshape(b, f)
+def lips() -> torch.Tensor:
+    """(1, 3, 64, 64) a face-coloured frame with dark lip edges meeting at row 32 (BOX's middle is 41.6)."""
+    image = torch.full((1, 3, 64, 64), 0.4)
+    image[:, :, 36:41] = -0.2  # the upper lip
+    image[:, :, 42:47] = -0.2  # the lower lip
+    return image
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_steering_moves_the_read_opening_that_far_and_touches_nothing_outside_the_mouth(strength):
+def test_open_mouth_parts_the_lips_by_the_gap_and_draws_the_inside():
+    image = lips()
+    assert torch.allclose(open_mouth(image, BOX, torch.tensor([0.0])), image, atol=1e-5)
+    opened = open_mouth(image, BOX, torch.tensor([4.0]))[0]
+    centre = 33  # the box's middle column (x 0.4..0.65 of 64: 25.6..41.6)
+    column, before = opened[0, :, centre], image[0, 0, :, centre]
+    # Above the lip line nothing moves; below it the lower lip comes 4 rows later, the inside dark between.
+    assert torch.equal(column[:41], before[:41])
+    assert (column[42:45] < -0.3).all()  # the inside (MOUTH_INSIDE, red -0.55): darker than the lips (-0.2)
+    assert torch.allclose(column[46:49], before[42:45], atol=1e-4)
+    # Outside the box's columns, and far below the chin, nothing moves.
+    assert torch.equal(opened[:, :, :25], image[0, :, :, :25]) and torch.equal(
+        opened[:, 62:], image[0, :, 62:]
+    )
+    closed = open_mouth(image, BOX, torch.tensor([-2.0]))[0]
+    # Closing: the lower lip moved up by 2 rows, so it ends 2 rows sooner; nothing dark is drawn.
+    assert image[0, 0, 45, centre] < 0 < closed[0, 45, centre] and not (closed < -0.3).any()
+
+
+def test_lip_gaps_part_the_lips_by_the_read_difference_in_pixels():
     guide = random_guide()
-    frames = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    targets = torch.tensor([-1.0, 0.0, 2.0])
-    moved = guide.steer(frames, BOX, targets, strength)
-    before, after = read(guide, frames), read(guide, moved)
-    assert torch.allclose(after, before + strength * (targets - before), atol=1e-4)
-    changed = (moved - frames).abs().amax((0, 1, 2)) > 0  # (h, w): where any latent moved
-    rows, cols = torch.nonzero(changed, as_tuple=True)
-    # The crop spans SIDE box widths around the box's centre (8.4, 10.4 in latents): bilinear taps stay near it.
-    assert 4 <= rows.min() and rows.max() <= 13 and 4 <= cols.min() and cols.max() <= 12
-    assert not changed[:3].any() and not changed[:, :3].any()
-
-
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-def test_edit_clean_makes_the_sampler_step_to_the_edited_clean_latents(prediction):
-    alphas = training_schedule().alphas_cumprod
-    g = torch.Generator().manual_seed(0)
-    latents, output = torch.randn(1, 2, 4, 4, 4, generator=g), torch.randn(1, 2, 4, 4, 4, generator=g)
-    t = torch.tensor(600)
-    a, s = alphas[600].sqrt(), (1 - alphas[600]).sqrt()
-
-    def implied(out):
-        return (latents - s * out) / a if prediction == "epsilon" else a * latents - s * out
-
-    net = lambda x, step: output  # noqa: E731
-    same = edit_clean(net, prediction, lambda x0, step: x0)(latents, t)
-    assert torch.allclose(same, output, atol=1e-5)
-    shifted = edit_clean(net, prediction, lambda x0, step: x0 + 0.25)(latents, t)
-    assert torch.allclose(implied(shifted), implied(output) + 0.25, atol=1e-4)
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    current = guide.reader.read(mouth_crops(latents, BOX.expand(3, 4)))
+    targets = current + torch.tensor([0.0, 1.0, -2.0])
+    gaps = guide.lip_gaps(latents, BOX, targets, 0.5, 128)
+    # half the way x 0.1 opening per standard deviation x the eyes (0.9 of the box's 0.25 x 128 px)
+    per_unit = 0.1 * 0.9 * 0.25 * 128
+    assert torch.allclose(gaps, torch.tensor([0.0, 0.5, -1.0]) * per_unit, atol=1e-4)
 
 
 def test_a_fitted_guide_hears_openings_it_never_saw_and_round_trips(tmp_path):
@@ -78,9 +78,9 @@ def test_a_fitted_guide_hears_openings_it_never_saw_and_round_trips(tmp_path):
         add_audio(tmp_path / name, seed)
     guide, fit = fit_mouth_guide(tmp_path / "train", half_window=1, audio_ridge=10.0)
     assert fit["r"] > 0.95 and fit["audio r"] > 0.9 and fit["gain"] >= 1.0
-    # The direction: the planted pattern (channel 0 at the mouth) grows with the opening.
-    direction = guide.direction.reshape(4, GRID * GRID)
-    assert direction[0].abs().sum() > 5 * direction[1:].abs().sum() / 3
+    # The synthetic openings are uniform on [0, 0.5]: std 0.144; eyes 40 px apart over lips 24 px wide, boxes 1.5x.
+    assert guide.opening_std == pytest.approx(0.5 / 12**0.5, rel=0.1)
+    assert guide.eyes_per_box == pytest.approx(40 / (24 * 1.5), rel=0.01)
     for clip in clips_of(tmp_path / "held_out"):
         opening = clip_openings(clip)
         ok = np.isfinite(opening)
@@ -92,7 +92,9 @@ def test_a_fitted_guide_hears_openings_it_never_saw_and_round_trips(tmp_path):
 
     windows = window(features, 1)
     assert torch.allclose(again.openings(windows), guide.openings(windows), atol=1e-5)
-    assert torch.equal(again.direction, guide.direction) and again.gain == pytest.approx(guide.gain)
+    assert (again.gain, again.opening_std, again.eyes_per_box) == pytest.approx(
+        (guide.gain, guide.opening_std, guide.eyes_per_box)
+    )
 
 
 def test_bad_guide_files_are_clear_errors(tmp_path):
@@ -129,44 +131,51 @@ def fast_options():
 
 
 def guide_for(pipe, seed: int = 0) -> MouthGuide:
-    """A guide for the tiny pipeline's latents and audio features, with the audio reader's weights random."""
+    """A guide for the tiny pipeline's latents and audio features, its readers' weights random."""
     proj = pipe.model.audio_projector.config
-    channels = pipe.codec.latent_channels
     n = (2 * 2 + 1) * proj.num_layers * proj.feature_dim
     g = torch.Generator().manual_seed(seed)
-    reader = MouthReader(torch.randn(channels * GRID * GRID, generator=g), 0.0)
+    reader = MouthReader(torch.randn(pipe.codec.latent_channels * GRID * GRID, generator=g), 0.0)
     audio = AudioReader(torch.zeros(n), torch.ones(n), torch.randn(n, generator=g), 0.0, 2)
-    return MouthGuide(reader, torch.randn(channels * GRID * GRID, generator=g), audio, 1.0)
+    return MouthGuide(reader, audio, 1.0, 0.1, 0.9)
 
 
-def denoise(pipe, opts, mouth):
-    """One clip of the tiny pipeline, fixed noise and conditions, with or without the mouth steered."""
-    g = torch.Generator().manual_seed(0)
-    c, size = pipe.codec.latent_channels, opts.size // 8
-    proj = pipe.model.audio_projector.config
-    noise = torch.randn(1, opts.clip_frames, c, size, size, generator=g)
-    audio = torch.randn(1, opts.clip_frames, 5, proj.num_layers, proj.feature_dim, generator=g)
-    speed = pipe.speed_window(opts.clip_frames, 0.5)[None]
-    mask = torch.ones(1, 1, opts.size, opts.size)
-    reference = torch.randn(1, c, size, size, generator=g)
-    return pipe.denoise_clip(noise, audio, speed, mask, reference, None, opts, mouth=mouth)
+def test_decoding_with_the_guides_gaps_moves_only_the_lips(tiny_pipe):
+    latents = torch.randn(
+        4, tiny_pipe.codec.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0)
+    )
+    gaps = torch.tensor([0.0, 3.0, -2.0, 5.0])
+    plain = np.stack(list(tiny_pipe.decode(latents, 2))).astype(int)
+    moved = np.stack(list(tiny_pipe.decode(latents, 2, mouth=(BOX, gaps)))).astype(int)
+    assert np.array_equal(moved[0], plain[0])  # a gap of 0
+    changed = np.abs(moved - plain).max((0, 3)) > 1  # (H, W), beyond rounding
+    rows, cols = np.nonzero(changed)
+    x0, y0, x1, y1 = (BOX * 64).tolist()
+    # within the box's columns, from the lips' meeting row to one box height below the box (the chin)
+    assert len(rows) and x0 <= cols.min() and cols.max() <= x1
+    assert (y0 + y1) / 2 - 1 <= rows.min() and rows.max() <= 2 * y1 - y0
 
 
-def test_the_sampled_frames_open_their_mouths_as_the_guide_says(tiny_pipe):
-    opts = fast_options()
+def test_generate_parts_the_lips_unless_mouth_guidance_is_0(tiny_pipe, tmp_path):
+    from emo.data.clips import write_audio
+    from emo.media import iter_video_frames
+
+    write_audio(tmp_path / "a.wav", np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32))
+    portrait = Path(__file__).parent.parent / "examples" / "anchor_portrait.jpg"
+
+    def video(name: str, guidance: float | None) -> np.ndarray:
+        out = tmp_path / f"{name}.mp4"
+        opts = replace(fast_options(), mouth_guidance=guidance)
+        tiny_pipe.generate(portrait, tmp_path / "a.wav", out, opts, progress=False)
+        return np.stack(list(iter_video_frames(out))).astype(float)
+
+    without = video("without", None)  # the model has no guide
     tiny_pipe.mouth_guide = guide_for(tiny_pipe)
     try:
-        free = denoise(tiny_pipe, opts, None)
-        free_read = read(tiny_pipe.mouth_guide, free)[0]
-        for targets in (torch.tensor([-2.0, 0.0, 1.0, 3.0]), torch.tensor([6.0, 6.0, -5.0, -5.0])):
-            steered = denoise(tiny_pipe, opts, (BOX, targets, 1.0))
-            got = read(tiny_pipe.mouth_guide, steered)[0]
-            # DDIM's last step keeps a trace of the predicted noise (alpha_bar_0 < 1): near the targets, not on
-            # them; the random network's own mouths read elsewhere.
-            assert (got - targets).abs().max() < 0.6, (got, targets)
-            assert (free_read - targets).abs().mean() > 4 * (got - targets).abs().mean(), (free_read, got)
+        guided, off = video("guided", None), video("off", 0.0)
     finally:
         tiny_pipe.mouth_guide = None
+    assert np.array_equal(off, without) and np.abs(guided - off).mean() > 0
 
 
 def test_mouth_guidance_needs_a_guide_and_a_valid_strength(tiny_pipe, tmp_path):

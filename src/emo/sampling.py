@@ -107,27 +107,6 @@ def sample(
     return latents
 
 
-def edit_clean(
-    denoiser: Denoiser, prediction: str, edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-):
-    """A denoiser whose prediction of the clean latents is ``edit(x0, t)``: the network's output is turned into
-    x0 (by the training schedule at ``t``), edited, and turned back into the ε or v that implies the edited
-    x0 for the same noisy latents. Any sampler then steps towards the edited x0 (the mouth guide)."""
-    alphas = training_schedule().alphas_cumprod
-
-    def edited(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        output = denoiser(latents, t)
-        a = alphas[int(t)].to(output).sqrt()
-        s = (1 - alphas[int(t)]).to(output).sqrt()
-        if prediction == "epsilon":
-            clean = (latents - s * output) / a
-            return (latents - a * edit(clean, t)) / s
-        clean = a * latents - s * output  # v = a·ε − s·x0 and x_t = a·x0 + s·ε
-        return (a * latents - edit(clean, t)) / s
-
-    return edited
-
-
 # -- classifier-free guidance (EMO.md §3, ours) ------------------------------------------------------------
 Pass = tuple[bool, bool]  # (reference on, audio on)
 

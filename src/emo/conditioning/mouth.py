@@ -1,4 +1,4 @@
-"""The mouth in latent space: a linear reader of its opening, and the mouth guide that steers sampling (ours).
+"""The mouth: a linear reader of its opening in latent space, and the mouth guide that steers sampling (ours).
 
 A *mouth reader* is a linear map from the latents around the mouth to the mouth's opening (inner-lip gap over
 inter-ocular distance, in standard deviations of the fitting set). It crops a square around the mouth box's
@@ -12,12 +12,15 @@ the opening in explicitly, as AniPortrait and V-Express put landmarks in, but at
 
 - an *audio reader*, a ridge map from each frame's window of audio features to its opening, predicts the
   opening the speech calls for;
-- at each denoising step, the predicted clean frames' opening is read by the mouth reader, and their mouth
-  latents are moved along the *opening direction* (how the mouth crop changes, on average over the fitting
-  set, per standard deviation of opening) until it reads the audio's opening. The next steps denoise around
-  the moved mouth, so the network draws the lips.
+- the mouth reader reads the opening of each generated frame's latents, and the decoded frame's lips are moved
+  apart (or together) by the difference (`open_mouth`: a warp of the lower lip and chin, the mouth's inside
+  drawn between the lips).
 
-All three parts are fitted by ridge regression on a preprocessed training set
+So the lips are moved after the network has drawn the frame: the network itself does not hear. Two ways that
+let the network draw the lips were tried and moved the visible mouth far less (docs/small_model.md): a latent
+edit along the mean "opening" direction at every step (the reader read the target, but the decoded mouths were
+darker, not open) and this warp at the middle steps only (the network closed the mouths again).
+The readers are fitted by ridge regression on a preprocessed training set
 (`emo.training.mouth_reading.fit_mouth_guide`); none is a neural network.
 """
 
@@ -56,12 +59,6 @@ def mouth_crops(latents: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(N, C, h, w) latents, (N, 4) mouth boxes -> (N, C·GRID²) the latents bilinearly sampled on `crop_grid`."""
     grid = crop_grid(boxes.to(latents.dtype))
     return F.grid_sample(latents, grid, align_corners=False).flatten(1)
-
-
-def crop_operator(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(4,) mouth box -> (GRID², h·w) the linear map `mouth_crops` applies to each latent channel."""
-    basis = torch.eye(height * width, dtype=torch.float64).reshape(height * width, 1, height, width)
-    return mouth_crops(basis, box.double()[None].expand(height * width, 4)).T  # (GRID², h·w)
 
 
 @dataclass
@@ -125,48 +122,46 @@ class AudioReader:
 
 @dataclass
 class MouthGuide:
-    """The mouth reader, the opening direction and the audio reader: audio -> the mouth's opening, at sampling
-    time (this module's docstring)."""
+    """The audio reader and the mouth reader, with the scale of the openings they read: audio -> the mouth's
+    opening at sampling time (this module's docstring)."""
 
     reader: MouthReader
-    direction: torch.Tensor  # (C·GRID²,) the mouth crop's mean change per standard deviation of opening
     audio: AudioReader
     gain: float  # the audio reader's openings are scaled by this (ridge shrinks them) to the real spread
+    opening_std: float  # one standard deviation of opening, in lip gap / inter-ocular distance
+    eyes_per_box: float  # the inter-ocular distance over the mouth box's width (median of the fitting set)
 
     def openings(self, windows: torch.Tensor) -> torch.Tensor:
         """(F, 2m+1, L, D) windows of audio features -> (F,) the openings the guide steers the frames to."""
         return (self.gain * self.audio.read(windows)).float()
 
-    def steer(
-        self, frames: torch.Tensor, box: torch.Tensor, targets: torch.Tensor, strength: float = 1.0
+    def gap_pixels(self, change: torch.Tensor, box: torch.Tensor, width: int) -> torch.Tensor:
+        """(N,) changes of opening (standard deviations) -> (N,) how far the lips move apart, in pixels of a
+        frame ``width`` wide whose mouth box is ``box``."""
+        eyes = self.eyes_per_box * float(box[2] - box[0]) * width
+        return change * self.opening_std * eyes
+
+    def lip_gaps(
+        self, latents: torch.Tensor, box: torch.Tensor, targets: torch.Tensor, strength: float, width: int
     ) -> torch.Tensor:
-        """(B, F, C, h, w) predicted clean frame latents, the (4,) mouth box, (F,) target openings -> the
-        latents moved by ``strength`` of the way to read ``targets``: along the opening direction in the
-        crop, put back onto the latent grid by the crop's least-norm inverse (nothing outside the crop moves).
-        """
-        b, f, c, h, w = frames.shape
-        boxes = box.to(frames)[None].expand(b * f, 4)
-        read = self.reader.read(mouth_crops(frames.flatten(0, 1).float(), boxes.float()))  # (B·F,)
-        direction = self.direction.to(read)
-        per_unit = direction @ self.reader.weight.to(read)  # how much one unit of direction reads
-        amount = strength * (targets.to(read).repeat(b) - read) / per_unit  # (B·F,)
-        crop_change = amount[:, None] * direction  # (B·F, C·GRID²)
-        inverse = torch.linalg.pinv(crop_operator(box.cpu(), h, w)).to(read)  # (h·w, GRID²)
-        change = crop_change.reshape(b * f, c, GRID * GRID) @ inverse.T  # (B·F, C, h·w)
-        return frames + change.reshape(b, f, c, h, w).to(frames)
+        """(F, C, h, w) generated frame latents, the (4,) mouth box, (F,) target openings -> (F,) how many pixels
+        (of frames ``width`` wide) to part each frame's lips by (`open_mouth`; negative: close them), to take
+        it ``strength`` of the way from the opening the mouth reader reads to its target."""
+        boxes = box.to(latents)[None].expand(len(latents), 4)
+        current = self.reader.read(mouth_crops(latents.float(), boxes.float()))
+        return self.gap_pixels(strength * (targets.to(current) - current), box, width)
 
     # -- files ---------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         tensors = {
             "reader.weight": self.reader.weight.float(),
             "reader.bias": torch.tensor([self.reader.bias]),
-            "direction": self.direction.float(),
             "audio.mean": self.audio.mean.float(),
             "audio.std": self.audio.std.float(),
             "audio.weight": self.audio.weight.float(),
             "audio.bias": torch.tensor([self.audio.bias]),
             "audio.half_window": torch.tensor([self.audio.half_window]),
-            "gain": torch.tensor([self.gain]),
+            "scales": torch.tensor([self.gain, self.opening_std, self.eyes_per_box]),
         }
         with atomic_path(path) as temp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(temp))
@@ -179,9 +174,9 @@ class MouthGuide:
             raise EmoError(f"{path}: no mouth guide there; {fix}")
         try:
             t = load_file(str(path))
+            gain, opening_std, eyes_per_box = (float(v) for v in t["scales"])
             guide = cls(
                 MouthReader(t["reader.weight"], float(t["reader.bias"][0])),
-                t["direction"],
                 AudioReader(
                     t["audio.mean"],
                     t["audio.std"],
@@ -189,9 +184,11 @@ class MouthGuide:
                     float(t["audio.bias"][0]),
                     int(t["audio.half_window"][0]),
                 ),  # fmt: skip
-                float(t["gain"][0]),
+                gain,
+                opening_std,
+                eyes_per_box,
             )
-        except (SafetensorError, KeyError, IndexError, OSError) as exc:
+        except (SafetensorError, KeyError, IndexError, OSError, ValueError) as exc:
             raise EmoError(f"{path}: not a mouth guide ({exc}); {fix}") from None
         check_channels(path, guide.reader.weight, latent_channels)
         return guide
@@ -204,3 +201,31 @@ class MouthGuide:
                 f"{path} was fitted on audio features of another shape than this model's ({layers} x {dims}); "
                 "refit it on a dataset preprocessed with the model's audio front-end"
             )
+
+
+# -- the lips moved apart, in pixels ------------------------------------------------------------------------
+MOUTH_INSIDE = (-0.55, -0.8, -0.8)  # the colour drawn between parted lips, RGB in [-1, 1]: a dark red
+
+
+def open_mouth(images: torch.Tensor, box: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) frames in [-1, 1], the (4,) mouth box (fractions), (N,) gaps in pixels -> the frames with the
+    lower lip and the chin below it moved down by the gap (up, for a negative gap), and the mouth's inside
+    drawn between the lips. The lips meet at the box's middle row; the shift fades out across the box's width
+    (sin²) and below it over one box height (the chin follows the jaw)."""
+    n, _, h, w = images.shape
+    x0, y0, x1, y1 = (float(v) for v in box * torch.tensor([w, h, w, h]))
+    lip_y, jaw = (y0 + y1) / 2, max(y1 - y0, 1.0)
+    ys = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w) + 0.5
+    xs = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w) + 0.5
+    across = torch.sin(torch.pi * ((xs - x0) / max(x1 - x0, 1.0)).clamp(0, 1)) ** 2
+    down = torch.where(ys < lip_y, 0.0, (1 - (ys - y1).clamp(min=0) / jaw).clamp(0, 1))
+    shift = gaps.float()[:, None, None] * (across * down)[None]  # (N, H, W)
+    source_y = ys[None] - shift
+    grid = torch.stack([(xs[None].expand(n, h, w)) / w * 2 - 1, source_y / h * 2 - 1], -1)
+    moved = F.grid_sample(images.float(), grid, align_corners=False, padding_mode="border")
+    # Between the lips: where a pixel below the lip line takes its colour from above it.
+    inside = ((source_y < lip_y) & (ys[None] >= lip_y)).float() * across[None]
+    depth = ((lip_y - source_y) / gaps.abs().float().clamp(min=1)[:, None, None]).clamp(0, 1)
+    alpha = (inside * (0.5 + 0.5 * depth))[:, None]  # darker away from the lips' edges
+    colour = torch.tensor(MOUTH_INSIDE)[None, :, None, None]
+    return moved * (1 - alpha) + colour * alpha

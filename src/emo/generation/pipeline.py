@@ -36,12 +36,12 @@ from emo.conditioning.audio_front_end import (
     read_front_end_record,
 )
 from emo.conditioning.face import Box, box_mask, parse_region, prepare_portrait
-from emo.conditioning.mouth import MOUTH_GUIDE, MouthGuide
+from emo.conditioning.mouth import MOUTH_GUIDE, MouthGuide, open_mouth
 from emo.conditioning.windows import window
 from emo.errors import EmoError
 from emo.media import VideoWriter, check_output, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
-from emo.sampling import SAMPLERS, combine_guidance, edit_clean, guidance_plan, sample, steps_run
+from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample, steps_run
 from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 
 log = logging.getLogger(__name__)
@@ -276,10 +276,17 @@ class EMOPipeline:
         return self.codec.encode(pixels)  # (1, C, h, w)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, chunk: int):
-        """(F, C, h, w) latents -> uint8 frames (H, W, 3), a few at a time (bounds decoder memory)."""
+    def decode(
+        self, latents: torch.Tensor, chunk: int, mouth: tuple[torch.Tensor, torch.Tensor] | None = None
+    ):
+        """(F, C, h, w) latents -> uint8 frames (H, W, 3), a few at a time (bounds decoder memory). ``mouth``: the
+        (4,) mouth box and (F,) pixels to part each frame's lips by (the mouth guide's `lip_gaps`)."""
         for start in range(0, latents.shape[0], chunk):
-            frames = to_uint8_frames(self.codec.decode(latents[start : start + chunk]))  # (chunk, 3, H, W)
+            images = self.codec.decode(latents[start : start + chunk])  # (chunk, 3, H, W)
+            if mouth is not None:
+                box, gaps = mouth
+                images = open_mouth(images.float(), box, gaps[start : start + chunk])
+            frames = to_uint8_frames(images)
             yield from rearrange(frames, "f c h w -> f h w c").cpu().numpy()
 
     # -- generation --------------------------------------------------------------------------------
@@ -294,10 +301,8 @@ class EMOPipeline:
         motion: torch.Tensor | None,
         opts: GenerationOptions,
         on_step=None,
-        mouth: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     ) -> torch.Tensor:
-        """One clip: (1, f, C, h, w) noise -> its frame latents, with one ReferenceNet pass. ``mouth``: the
-        mouth box (4,), the (f,) openings the audio calls for and the strength the mouth guide steers with."""
+        """One clip: (1, f, C, h, w) noise -> its frame latents, with one ReferenceNet pass."""
         passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
         reference_variants = sorted({ref_on for ref_on, _ in passes}, reverse=True)  # True first
         images = torch.cat([reference if on else torch.zeros_like(reference) for on in reference_variants])
@@ -317,17 +322,6 @@ class EMOPipeline:
             model_in = latents.expand(len(passes), *latents.shape[1:]).to(self.dtype)
             timesteps = t.reshape(1).expand(len(passes)).to(self.device)
             return combine_guidance(self.model(model_in, timesteps, cond, batched_ref).float(), weights)
-
-        if mouth is not None:
-            box, targets, strength = mouth
-            scale = self.model.denoised_scale
-
-            def steer(clean: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # in the denoised space
-                frames = self.model.from_denoised(clean, reference.float())
-                moved = self.mouth_guide.steer(frames, box, targets, strength)
-                return clean + (moved - frames) * scale
-
-            denoiser = edit_clean(denoiser, self.model.prediction, steer)
 
         def step_done(*_) -> None:
             if on_step is not None:
@@ -403,11 +397,6 @@ class EMOPipeline:
                 audio = clip_window(features, clip * f, f, m)[None].to(
                     self.device, self.dtype
                 )  # (1, f, 2m+1, L, D)
-                mouth = None
-                if mouth_strength:
-                    guide_window = clip_window(features, clip * f, f, self.mouth_guide.audio.half_window)
-                    box = torch.from_numpy(portrait.mouth_box)
-                    mouth = (box, self.mouth_guide.openings(guide_window), mouth_strength)
                 latents = self.denoise_clip(
                     noise,
                     audio,
@@ -417,11 +406,24 @@ class EMOPipeline:
                     motion,
                     opts,
                     on_step=functools.partial(on_step, clip),
-                    mouth=mouth,
                 )
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
-                for frame in self.decode(latents[0, :keep].to(self.dtype), opts.decode_chunk):
+                gaps = None
+                if (
+                    mouth_strength
+                ):  # the lips moved to the opening the audio calls for (emo.conditioning.mouth)
+                    guide_window = clip_window(features, clip * f, keep, self.mouth_guide.audio.half_window)
+                    box = torch.from_numpy(portrait.mouth_box)
+                    targets = self.mouth_guide.openings(guide_window)
+                    gaps = self.mouth_guide.lip_gaps(
+                        latents[0, :keep], box, targets, mouth_strength, opts.size
+                    )
+                for frame in self.decode(
+                    latents[0, :keep].to(self.dtype),
+                    opts.decode_chunk,
+                    mouth=(box, gaps) if gaps is not None else None,
+                ):
                     writer.write(frame)
                 written += keep
                 bar.set_postfix(clip=f"{clip + 1}/{clips}")

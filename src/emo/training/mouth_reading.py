@@ -103,12 +103,12 @@ def clip_audio(clip: Path) -> torch.Tensor:
 def fit_mouth_guide(
     dataset: str | Path, half_window: int = 2, audio_ridge: float = 1e4, reader_ridge: float = 1e3
 ) -> tuple[MouthGuide, dict]:
-    """The mouth guide (`emo.conditioning.mouth`) of a preprocessed dataset with latents: the mouth reader,
-    the opening direction (the mouth crop regressed on the opening within each clip, so that it is how one
-    person's mouth changes as it opens, not how people differ) and the audio reader (ridge from each frame's
-    window of audio features to its opening). Returns the guide and its fit."""
+    """The mouth guide (`emo.conditioning.mouth`) of a preprocessed dataset with latents: the mouth reader, the
+    audio reader (ridge from each frame's window of audio features to its opening) and the scales that turn an
+    opening into pixels. Returns the guide and its fit."""
+    from emo.conditioning.face import mouth_boxes
     from emo.conditioning.windows import window
-    from emo.eval.mouth import pearson
+    from emo.eval.mouth import EYES, pearson
 
     reader, fit = fit_mouth_reader(dataset, reader_ridge)
     clips = clips_of(dataset)
@@ -116,25 +116,17 @@ def fit_mouth_guide(
     found = np.isfinite(openings)
     y_mean, y_std = openings[found].mean(), openings[found].std() + 1e-12
 
-    moved = np.zeros(reader.weight.numel())
-    spread = 0.0
-    windows, targets = [], []
+    windows, targets, eyes_per_box = [], [], []
     for clip in clips:
-        crops, opening = clip_crops(clip)
-        if len(opening) > 1:
-            y = (opening - opening.mean()) / y_std
-            x = crops.double().numpy()
-            moved += (x - x.mean(0)).T @ y
-            spread += y @ y
-        features = clip_audio(clip)
-        all_openings = clip_openings(clip)
-        keep = np.isfinite(all_openings)
-        windows.append(window(features.double(), half_window).flatten(1).numpy()[keep])
-        targets.append((all_openings[keep] - y_mean) / y_std)
-    if spread == 0:
-        raise EmoError(f"{dataset}: no clip with two frames of a face to fit a mouth guide on")
-    direction = torch.from_numpy(moved / spread).float()
-
+        opening = clip_openings(clip)
+        keep = np.isfinite(opening)
+        windows.append(window(clip_audio(clip).double(), half_window).flatten(1).numpy()[keep])
+        targets.append((opening[keep] - y_mean) / y_std)
+        meta = np.load(clip / META)
+        landmarks = meta["landmarks"][keep]
+        boxes = mouth_boxes(landmarks, meta["mask"].shape[-1])
+        eyes = np.linalg.norm(landmarks[:, EYES[0], :2] - landmarks[:, EYES[1], :2], axis=-1)
+        eyes_per_box.append(eyes / (meta["mask"].shape[-1] * (boxes[:, 2] - boxes[:, 0]) + 1e-9))
     x, y = np.concatenate(windows), np.concatenate(targets)
     mean, std = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / std
@@ -145,6 +137,7 @@ def fit_mouth_guide(
         float(y.mean()), half_window,
     )  # fmt: skip
     gain = float(y.std() / max(predicted.std(), 1e-12))  # ridge shrinks: give the openings their real spread
-    guide = MouthGuide(reader, direction, audio, gain)
-    fit.update({"audio r": round(pearson(predicted, y), 3), "gain": round(gain, 3)})
+    guide = MouthGuide(reader, audio, gain, float(y_std), float(np.median(np.concatenate(eyes_per_box))))
+    fit.update({"audio r": round(pearson(predicted, y), 3), "gain": round(gain, 3),
+                "opening std": round(guide.opening_std, 4), "eyes per mouth box": round(guide.eyes_per_box, 3)})  # fmt: skip
     return guide, fit
