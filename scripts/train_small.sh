@@ -34,4 +34,7 @@ for stage in 1 2 3; do
   "${emo[@]}" train "$repo/configs/stage${stage}_small.yaml" ${EMO_TRAIN_ARGS:-} --resume auto
 done
 "${emo[@]}" train export runs/small/stage3 --out export/small --half --overwrite
+# The mouth guide (the lips follow the speech; emo.conditioning.mouth), fitted on the training clips.
+"$python" "$repo/scripts/fit_mouth_guide.py" data/small/train export/small \
+  --held-out data/small/val_known data/small/val_unseen > mouth_guide.json
 echo "trained model: $work/export/small (emo generate --weights $work/export/small ...)"
