@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 
 from emo.conditioning.windows import window
 from emo.eval.mouth import pearson
-from emo.training.mouth_reading import clip_openings, clips_of
+from emo.training.mouth_reading import clip_openings, clips_of, ridge_fit
 
 WINDOW = 2  # frames either side: the projector's ±m
 
@@ -51,9 +51,7 @@ def main() -> None:
     y = np.concatenate([o for _, o in train])
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / std
-    w = np.linalg.solve(z.T @ z + args.ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+    mean, std, w = ridge_fit(x, y - y.mean(), args.ridge)
 
     def predict(f: np.ndarray) -> np.ndarray:
         return ((f - mean) / std) @ w + y.mean()

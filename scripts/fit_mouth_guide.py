@@ -1,4 +1,4 @@
-"""Fit a model's mouth guide: what moves its lips with the speech at sampling time (emo.conditioning.mouth).
+"""Fit a model's mouth guide: what moves its generated lips with the speech (emo.conditioning.mouth).
 
     python scripts/fit_mouth_guide.py DATASET MODEL_DIR [--held-out DATASET ...] [--half-window 2]
 

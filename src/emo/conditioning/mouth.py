@@ -1,4 +1,4 @@
-"""The mouth: a linear reader of its opening in latent space, and the mouth guide that steers sampling (ours).
+"""The mouth: a linear reader of its opening in latent space, and the mouth guide that moves the lips (ours).
 
 A *mouth reader* is a linear map from the latents around the mouth to the mouth's opening (inner-lip gap over
 inter-ocular distance, in standard deviations of the fitting set). It crops a square around the mouth box's
@@ -8,7 +8,7 @@ Training uses it for the mouth-reading loss (`emo.training.mouth_reading`).
 The *mouth guide* is the small model's lip sync. The `small` network, trained on 6 minutes of video, does not
 learn to move its lips with the speech from the diffusion loss (docs/small_model.md): the mouth's opening is
 7.5 % of the mouth latents' variation, and the network ignores even a perfect opening signal. The guide puts
-the opening in explicitly, as AniPortrait and V-Express put landmarks in, but at sampling time:
+the opening in explicitly, as AniPortrait and V-Express put landmarks in, but into the generated frames:
 
 - an *audio reader*, a ridge map from each frame's window of audio features to its opening, predicts the
   opening the speech calls for;
@@ -123,7 +123,7 @@ class AudioReader:
 @dataclass
 class MouthGuide:
     """The audio reader and the mouth reader, with the scale of the openings they read: audio -> the mouth's
-    opening at sampling time (this module's docstring)."""
+    opening in the generated frames (this module's docstring)."""
 
     reader: MouthReader
     audio: AudioReader
@@ -132,7 +132,7 @@ class MouthGuide:
     eyes_per_box: float  # the inter-ocular distance over the mouth box's width (median of the fitting set)
 
     def openings(self, windows: torch.Tensor) -> torch.Tensor:
-        """(F, 2m+1, L, D) windows of audio features -> (F,) the openings the guide steers the frames to."""
+        """(F, 2m+1, L, D) windows of audio features -> (F,) the openings the guide moves the lips to."""
         return (self.gain * self.audio.read(windows)).float()
 
     def gap_pixels(self, change: torch.Tensor, box: torch.Tensor, width: int) -> torch.Tensor:

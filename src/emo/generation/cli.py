@@ -68,8 +68,8 @@ def add_arguments(parser) -> None:
     gen.add_argument(
         "--mouth-guidance",
         type=float,
-        help="0-1: how far each denoising step moves the mouth to the opening the audio calls for, through the "
-        "model's mouth guide (the shipped small model's lip sync); 0 = off (default: 1 if the model has one)",
+        help="0-1: how far the generated lips are moved to the opening the audio calls for, by the model's "
+        "mouth guide (the shipped small model's lip sync); 0 = off (default: 1 if the model has one)",
     )
     gen.add_argument(
         "--strength",

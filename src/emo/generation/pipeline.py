@@ -58,7 +58,7 @@ class GenerationOptions:
     seed: int = 0
     reference_guidance: float = 1.0  # classifier-free guidance on the reference image (1.0 = off)
     audio_guidance: float = 1.0  # classifier-free guidance on the audio (1.0 = off)
-    # How far each denoising step moves the mouth to the opening the audio calls for (the model's mouth guide,
+    # How far the generated lips are moved to the opening the audio calls for (the model's mouth guide,
     # emo.conditioning.mouth): None = the model's guide at full strength if it has one, 0 = off.
     mouth_guidance: float | None = None
     strength: float = 1.0  # 1.0: from pure noise (the paper); < 1: from the noised reference (SDEdit)
@@ -161,9 +161,8 @@ class EMOPipeline:
         self.audio_encoder = audio_encoder
         self.cache_dir = cache_dir
         self.defaults: dict = {}  # generation options the checkpoint sets for itself (model_defaults)
-        self.mouth_guide: MouthGuide | None = (
-            None  # audio -> mouth opening at sampling time, if the model has one
-        )
+        # audio -> the mouth's opening, put into the decoded frames; if the model has one (from_weights)
+        self.mouth_guide: MouthGuide | None = None
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -366,6 +365,7 @@ class EMOPipeline:
         reference = self.encode_image(portrait.image)
         h, w = reference.shape[-2:]
         mouth_strength = self.mouth_strength(opts, portrait)
+        mouth_box = torch.from_numpy(portrait.mouth_box) if mouth_strength else None
         generator = torch.Generator("cpu").manual_seed(opts.seed)
 
         written = 0
@@ -409,21 +409,13 @@ class EMOPipeline:
                 )
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
-                gaps = None
-                if (
-                    mouth_strength
-                ):  # the lips moved to the opening the audio calls for (emo.conditioning.mouth)
-                    guide_window = clip_window(features, clip * f, keep, self.mouth_guide.audio.half_window)
-                    box = torch.from_numpy(portrait.mouth_box)
-                    targets = self.mouth_guide.openings(guide_window)
-                    gaps = self.mouth_guide.lip_gaps(
-                        latents[0, :keep], box, targets, mouth_strength, opts.size
-                    )
-                for frame in self.decode(
-                    latents[0, :keep].to(self.dtype),
-                    opts.decode_chunk,
-                    mouth=(box, gaps) if gaps is not None else None,
-                ):
+                mouth = None  # the lips moved to the opening the audio calls for (emo.conditioning.mouth)
+                if mouth_strength:
+                    guide = self.mouth_guide
+                    targets = guide.openings(clip_window(features, clip * f, keep, guide.audio.half_window))
+                    gaps = guide.lip_gaps(latents[0, :keep], mouth_box, targets, mouth_strength, opts.size)
+                    mouth = (mouth_box, gaps)
+                for frame in self.decode(latents[0, :keep].to(self.dtype), opts.decode_chunk, mouth):
                     writer.write(frame)
                 written += keep
                 bar.set_postfix(clip=f"{clip + 1}/{clips}")
@@ -431,7 +423,7 @@ class EMOPipeline:
         return GenerationResult(out_path, written, clips, time.perf_counter() - start)
 
     def mouth_strength(self, opts: GenerationOptions, portrait) -> float:
-        """How strongly the mouth guide steers this video (0: not at all)."""
+        """How far the mouth guide moves this video's lips (0: not at all)."""
         if opts.mouth_guidance == 0:
             return 0.0
         if self.mouth_guide is None:

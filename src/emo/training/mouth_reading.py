@@ -9,7 +9,7 @@ Why: the plain MSE spreads over every direction of the latents, and the mouth's 
 them (7.5 % of the mouth crop's frame-to-frame variance at 16² latents). The `small` model trained on it learned to
 ignore the audio, even when the audio features were replaced by the true opening (docs/small_model.md).
 
-`fit_mouth_guide` fits the mouth guide that steers sampling instead (`emo.conditioning.mouth.MouthGuide`).
+`fit_mouth_guide` fits the mouth guide that moves the generated lips instead (`emo.conditioning.mouth.MouthGuide`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,15 @@ def clip_crops(clip: Path) -> tuple[torch.Tensor, np.ndarray]:
     return mouth_crops(latents, boxes)[torch.from_numpy(found)], opening[found]
 
 
+def ridge_fit(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge regression of the centred targets ``y`` (N,) on the features ``x`` (N, K), each feature standardised:
+    returns the features' mean and standard deviation and the weights w, so that ``((x - mean) / std) @ w``
+    predicts ``y``."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    return mean, std, np.linalg.solve(z.T @ z + penalty * np.eye(z.shape[1]), z.T @ y)
+
+
 def fit_mouth_reader(dataset: str | Path, ridge: float = 1e3) -> tuple[MouthReader, dict]:
     """Ridge regression from each frame's mouth crop to its opening, over a preprocessed dataset with latents
     (`emo preprocess --codec`). Returns the reader and its fit (clips, frames, r on the fitting set)."""
@@ -75,10 +84,8 @@ def fit_mouth_reader(dataset: str | Path, ridge: float = 1e3) -> tuple[MouthRead
         raise EmoError(f"{dataset}: no clips with faces to fit a mouth reader on")
     x = torch.cat([c for c, _ in pairs]).double().numpy()
     y = np.concatenate([y for _, y in pairs])
-    mean, std = x.mean(0), x.std(0) + 1e-6
     y_mean, y_std = y.mean(), y.std() + 1e-12
-    z = (x - mean) / std
-    w = np.linalg.solve(z.T @ z + ridge * np.eye(z.shape[1]), z.T @ ((y - y_mean) / y_std))
+    mean, std, w = ridge_fit(x, (y - y_mean) / y_std, ridge)
     weight = w / std  # the standardisation folded in
     reader = MouthReader(torch.from_numpy(weight).float(), float(-(mean @ weight)))
     return reader, {"clips": len(clips), "frames": len(y), "r": round(pearson(x @ weight, y), 3)}
@@ -112,13 +119,13 @@ def fit_mouth_guide(
 
     reader, fit = fit_mouth_reader(dataset, reader_ridge)
     clips = clips_of(dataset)
-    openings = np.concatenate([clip_openings(c) for c in clips])
-    found = np.isfinite(openings)
-    y_mean, y_std = openings[found].mean(), openings[found].std() + 1e-12
+    openings = [clip_openings(c) for c in clips]
+    seen = np.concatenate(openings)
+    seen = seen[np.isfinite(seen)]  # the frames with a face
+    y_mean, y_std = seen.mean(), seen.std() + 1e-12
 
     windows, targets, eyes_per_box = [], [], []
-    for clip in clips:
-        opening = clip_openings(clip)
+    for clip, opening in zip(clips, openings, strict=True):
         keep = np.isfinite(opening)
         windows.append(window(clip_audio(clip).double(), half_window).flatten(1).numpy()[keep])
         targets.append((opening[keep] - y_mean) / y_std)
@@ -128,10 +135,8 @@ def fit_mouth_guide(
         eyes = np.linalg.norm(landmarks[:, EYES[0], :2] - landmarks[:, EYES[1], :2], axis=-1)
         eyes_per_box.append(eyes / (meta["mask"].shape[-1] * (boxes[:, 2] - boxes[:, 0]) + 1e-9))
     x, y = np.concatenate(windows), np.concatenate(targets)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / std
-    w = np.linalg.solve(z.T @ z + audio_ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
-    predicted = z @ w + y.mean()
+    mean, std, w = ridge_fit(x, y - y.mean(), audio_ridge)
+    predicted = ((x - mean) / std) @ w + y.mean()
     audio = AudioReader(
         torch.from_numpy(mean).float(), torch.from_numpy(std).float(), torch.from_numpy(w).float(),
         float(y.mean()), half_window,

@@ -39,9 +39,8 @@ class Portrait:
     num_faces: int  # faces detected in the original image (the largest one is used)
     crop_box: Box  # the square crop in the original image's pixels (may extend past it: padded)
     observation: FaceObservation | None  # landmarks/pose in the original image's pixels
-    mouth_box: np.ndarray | None = (
-        None  # (4,) x0, y0, x1, y1 of the mouth, fractions of the crop (mouth guide)
-    )
+    # (4,) x0, y0, x1, y1 of the mouth (`mouth_boxes`), fractions of the crop: where the mouth guide moves the lips
+    mouth_box: np.ndarray | None = None
 
 
 def prepare_portrait(
