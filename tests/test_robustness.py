@@ -353,6 +353,22 @@ def test_safetensors_on_a_full_disk_is_a_write_error_and_leaves_nothing(small_di
     assert list(small_disk.iterdir()) == []
 
 
+def test_atomic_files_get_the_umask_permissions_whatever_the_writer(tmp_path):
+    """safetensors creates its files owner-only (0600); a saved model file must be as readable as any file
+    the user makes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from emo.media import atomic_path
+
+    umask = os.umask(0)
+    os.umask(umask)
+    out = tmp_path / "weights.safetensors"
+    with atomic_path(out) as temp:
+        save_file({"w": torch.zeros(2)}, str(temp))
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~umask)  # 0o644 under the usual umask 022
+
+
 def test_a_full_disk_while_preprocessing_stops_the_run_instead_of_failing_the_video(tmp_path):
     """A video whose clip cannot be written is not a bad video: the run stops with the disk's one line and
     nothing is recorded, so a rerun on a disk with room processes it."""

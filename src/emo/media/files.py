@@ -17,6 +17,11 @@ from emo.errors import EmoError
 
 logger = logging.getLogger(__name__)
 
+# The permissions a new file gets from open(): some writers (safetensors) create theirs owner-only, 0600.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+NEW_FILE_MODE = 0o666 & ~_UMASK
+
 AUDIO_FORMATS = "wav, mp3, m4a, flac, ogg, or the audio track of mp4/mov"
 
 # --------------------------------------------------------------------------------------------------
@@ -114,6 +119,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             yield temp
             if not temp.exists():
                 raise RuntimeError(f"nothing was written to the temporary file for {path}")
+            if temp.is_file():  # readable by whoever could read a file the user made (the umask's choice)
+                os.chmod(temp, NEW_FILE_MODE)
             os.replace(temp, path)
     except BaseException:  # also SIGTERM (emo.termination) and Ctrl-C: no partial file is left
         with contextlib.suppress(OSError):
