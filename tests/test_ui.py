@@ -101,6 +101,24 @@ def test_page_options_are_the_generate_flags():
         assert name not in MODEL_SET or flags[name].default is None, name
 
 
+def test_the_page_offers_the_mouth_guidance_only_for_a_model_with_a_guide(pipe, tmp_path):
+    from types import SimpleNamespace
+
+    from emo.ui.app import OPTIONS, PORTRAIT_OPTIONS, build_app, options_from, page_options
+
+    guided = SimpleNamespace(defaults={}, mouth_guide=object())  # what build_app reads of a pipeline
+    assert page_options(pipe) == OPTIONS and "mouth_guidance" not in OPTIONS  # the tiny preset has none
+    assert page_options(guided) == (*OPTIONS, "mouth_guidance")
+    page = build_app(SimpleNamespace(pipe=guided))
+    (field,) = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "mouth_guidance"]
+    assert field.value == 1.0 and "lips" in field.info  # full strength, as `emo generate` uses it
+    names = PORTRAIT_OPTIONS + page_options(guided)
+    values = [getattr(GenerationOptions(), n) for n in PORTRAIT_OPTIONS + OPTIONS]
+    assert options_from(names, [*values, 0.5]).mouth_guidance == 0.5
+    with pytest.raises(EmoError, match=r"--mouth-guidance must be in \[0, 1\], got 2"):
+        options_from(names, [*values, 2.0])
+
+
 def test_portrait_preview_draws_the_face_and_region(blank):
     from emo.ui.app import FACE_COLOR, REGION_COLOR, portrait_preview
 

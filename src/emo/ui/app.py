@@ -38,7 +38,13 @@ OPTIONS = (
     "fps",
     "max_duration",
 )
+GUIDE_OPTIONS = ("mouth_guidance",)  # shown only for a model with a mouth guide (emo.conditioning.mouth)
 FACE_COLOR, REGION_COLOR = (40, 220, 40), (255, 150, 0)
+
+
+def page_options(pipe) -> tuple[str, ...]:
+    """The generation options this model's page shows: OPTIONS, and the mouth guidance if it has a guide."""
+    return OPTIONS + (GUIDE_OPTIONS if pipe.mouth_guide is not None else ())
 
 
 def generate_flags() -> dict[str, argparse.Action]:
@@ -134,14 +140,16 @@ def build_app(service: GenerationService, notice: str | None = None) -> gr.Block
                     label="As the model sees it", interactive=False, height=320, elem_id="preview"
                 )
                 preview_note = gr.Markdown(elem_id="preview_note")
-                # Size and strength default to the model's own (model_defaults), else 512 and 1.0.
-                model_defaults = {**generate_cli.fallback(), **service.pipe.defaults}
+                # Size and strength default to the model's own (model_defaults), else 512 and 1.0; the mouth
+                # guide, when the page shows it, to full strength (the CLI's default for such a model).
+                model_defaults = {**generate_cli.fallback(), "mouth_guidance": 1.0, **service.pipe.defaults}
                 portrait_widgets = [
                     option_widget(flags[name], model_defaults.get(name)) for name in PORTRAIT_OPTIONS
                 ]
         with gr.Accordion("Generation options", open=True):
             with gr.Row():
-                option_widgets = [option_widget(flags[name], model_defaults.get(name)) for name in OPTIONS]
+                options = page_options(service.pipe)
+                option_widgets = [option_widget(flags[name], model_defaults.get(name)) for name in options]
         with gr.Row():
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
             cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -184,7 +192,7 @@ def build_app(service: GenerationService, notice: str | None = None) -> gr.Block
             try:
                 if not values[portrait]:
                     raise EmoError("no portrait: upload an image with a face")
-                opts = options_from(PORTRAIT_OPTIONS + OPTIONS, [values[w] for w in widgets])
+                opts = options_from(PORTRAIT_OPTIONS + options, [values[w] for w in widgets])
                 tracks = [t for t in [values[audio], *(values[more_audio] or [])] if t]
 
                 def on_progress(index, p):
