@@ -101,7 +101,7 @@ def test_page_options_are_the_generate_flags():
         assert name not in MODEL_SET or flags[name].default is None, name
 
 
-def test_the_page_offers_the_mouth_guidance_only_for_a_model_with_a_guide(pipe, tmp_path):
+def test_the_page_offers_the_mouth_guidance_only_for_a_model_with_a_guide(pipe):
     from types import SimpleNamespace
 
     from emo.ui.app import OPTIONS, PORTRAIT_OPTIONS, build_app, options_from, page_options
