@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 
 from emo.conditioning.windows import window
 from emo.eval.mouth import pearson
-from emo.training.mouth_reading import clip_openings, clips_of, ridge_fit
+from emo.training.mouth_reading import clip_openings, clips_of, own_and_swapped_r, ridge_fit
 
 WINDOW = 2  # frames either side: the projector's ±m
 
@@ -59,12 +59,7 @@ def main() -> None:
     report = {"train frames": int(ok.sum()), "train r": round(pearson(predict(x), y), 3)}
     for group in ("val_known", "val_unseen"):
         held = [clip_arrays(c) for c in clips_of(args.data / group)]
-        own = [pearson(predict(f), o) for f, o in held]
-        other = []  # the next clip's audio, tiled or cut to this clip's length
-        for i, (_, o) in enumerate(held):
-            f = held[(i + 1) % len(held)][0]
-            f = np.resize(f, (len(o), f.shape[1])) if len(f) < len(o) else f[: len(o)]
-            other.append(pearson(predict(f), o))
+        own, other = own_and_swapped_r([predict(f) for f, _ in held], [o for _, o in held])
         report[group] = {"clips": len(held), "own audio r": round(float(np.mean(own)), 3),
                          "per clip": [round(r, 3) for r in own],
                          "control: other clip's audio r": round(float(np.mean(other)), 3)}  # fmt: skip

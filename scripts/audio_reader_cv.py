@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from emo.conditioning.windows import window
-from emo.eval.mouth import pearson
-from emo.training.mouth_reading import clip_audio, clip_openings, clips_of, ridge_fit
+from emo.training.mouth_reading import clip_audio, clip_openings, clips_of, own_and_swapped_r, ridge_fit
 
 
 def load(dataset: Path) -> list[tuple[str, torch.Tensor, np.ndarray]]:
@@ -112,13 +111,7 @@ VARIANTS = {
 
 def scores(model, clips) -> tuple[list[float], list[float]]:
     """Per-clip r with the clip's own audio, and with the next clip's (tiled or cut to length)."""
-    predicted = [model.predict(f) for _, f, _ in clips]
-    own, other = [], []
-    for i, (_, _, o) in enumerate(clips):
-        keep = np.isfinite(o)
-        own.append(pearson(predicted[i][keep], o[keep]))
-        other.append(pearson(np.resize(predicted[(i + 1) % len(clips)], len(o))[keep], o[keep]))
-    return own, other
+    return own_and_swapped_r([model.predict(f) for _, f, _ in clips], [o for _, _, o in clips])
 
 
 def main() -> int:

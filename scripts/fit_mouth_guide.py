@@ -18,31 +18,26 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from emo.conditioning.mouth import MOUTH_GUIDE
 from emo.errors import EmoError
-from emo.eval.mouth import pearson
 from emo.training.mouth_reading import (
     clip_audio,
     clip_openings,
     clips_of,
     fit_mouth_guide,
+    own_and_swapped_r,
     score_mouth_reader,
 )
 
 
 def score_audio_reader(guide, dataset: str) -> dict:
-    own, other = [], []
     clips = clips_of(dataset)
     predicted = [guide.audio.read_track(clip_audio(c)).numpy() for c in clips]
-    for i, clip in enumerate(clips):
-        opening = clip_openings(clip)
-        ok = np.isfinite(opening)
-        own.append(round(pearson(predicted[i][ok], opening[ok]), 3))
-        swapped = np.resize(predicted[(i + 1) % len(clips)], len(opening))  # tiled or cut to this clip
-        other.append(round(pearson(swapped[ok], opening[ok]), 3))
-    return {"own audio r": own, "control: next clip's audio r": other}
+    own, other = own_and_swapped_r(predicted, [clip_openings(c) for c in clips])
+    return {
+        "own audio r": [round(r, 3) for r in own],
+        "control: next clip's audio r": [round(r, 3) for r in other],
+    }
 
 
 def main() -> int:

@@ -21,7 +21,13 @@ from emo.conditioning.mouth import (
 )
 from emo.errors import EmoError
 from emo.eval.mouth import pearson
-from emo.training.mouth_reading import clip_audio, clip_openings, clips_of, fit_mouth_guide
+from emo.training.mouth_reading import (
+    clip_audio,
+    clip_openings,
+    clips_of,
+    fit_mouth_guide,
+    own_and_swapped_r,
+)
 from mouth_helpers import add_audio, write_dataset
 
 BOX = torch.tensor([0.4, 0.55, 0.65, 0.75])
@@ -95,6 +101,23 @@ def test_a_fitted_guide_hears_openings_it_never_saw_and_round_trips(tmp_path):
     assert (again.gain, again.opening_std, again.eyes_per_box) == pytest.approx(
         (guide.gain, guide.opening_std, guide.eyes_per_box)
     )
+
+
+def test_the_swapped_audio_control_scores_the_next_clips_prediction_cut_or_tiled():
+    """A reader that reads each clip's openings exactly scores 1 with its own audio; the control pairs each clip
+    with the next one's prediction, cut to its length (a longer next clip) or tiled (a shorter one)."""
+    rng = np.random.default_rng(0)
+    openings = [rng.normal(size=n) for n in (40, 25, 60)]
+    openings[0][3] = np.nan  # a frame without a face is left out
+    predicted = [np.nan_to_num(o) for o in openings]
+    own, swapped = own_and_swapped_r(predicted, openings)
+    assert np.allclose(own, 1.0)
+    assert swapped[0] == pytest.approx(pearson(np.resize(predicted[1], 40), openings[0]))  # 25 tiled to 40
+    assert swapped[1] == pytest.approx(pearson(predicted[2][:25], openings[1]))  # 60 cut to 25
+    assert swapped[2] == pytest.approx(
+        pearson(np.resize(predicted[0], 60), openings[2])
+    )  # the last: the first's
+    assert all(abs(r) < 0.5 for r in swapped)
 
 
 def test_bad_guide_files_are_clear_errors(tmp_path):

@@ -47,6 +47,7 @@ from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+FULL_MOUTH_GUIDANCE = 1.0  # --mouth-guidance left out, for a model with a mouth guide
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class GenerationOptions:
     reference_guidance: float = 1.0  # classifier-free guidance on the reference image (1.0 = off)
     audio_guidance: float = 1.0  # classifier-free guidance on the audio (1.0 = off)
     # How far the generated lips are moved to the opening the audio calls for (the model's mouth guide,
-    # emo.conditioning.mouth): None = the model's guide at full strength if it has one, 0 = off.
+    # emo.conditioning.mouth): None = the model's guide at FULL_MOUTH_GUIDANCE if it has one, 0 = off.
     mouth_guidance: float | None = None
     strength: float = 1.0  # 1.0: from pure noise (the paper); < 1: from the noised reference (SDEdit)
     fps: float = 30.0
@@ -436,7 +437,7 @@ class EMOPipeline:
         if portrait.mouth_box is None:
             log.info("no face in the portrait: the mouth guide is off")
             return 0.0
-        return 1.0 if opts.mouth_guidance is None else opts.mouth_guidance
+        return FULL_MOUTH_GUIDANCE if opts.mouth_guidance is None else opts.mouth_guidance
 
 
 GENERATION_DEFAULTS = "generation.json"  # in a checkpoint: the options it is meant to be run with

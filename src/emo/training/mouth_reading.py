@@ -102,6 +102,20 @@ def score_mouth_reader(reader: MouthReader, dataset: str | Path) -> list[float]:
     return scores
 
 
+def own_and_swapped_r(
+    predicted: list[np.ndarray], openings: list[np.ndarray]
+) -> tuple[list[float], list[float]]:
+    """Per clip, Pearson r of the real openings with those predicted from the clip's own audio and, as the
+    control, with those predicted from the next clip's audio (tiled or cut to this clip's length)."""
+    from emo.eval.mouth import pearson
+
+    own = [pearson(p, o) for p, o in zip(predicted, openings, strict=True)]
+    swapped = [
+        pearson(np.resize(predicted[(i + 1) % len(openings)], len(o)), o) for i, o in enumerate(openings)
+    ]
+    return own, swapped
+
+
 def clip_audio(clip: Path) -> torch.Tensor:
     """A preprocessed clip's per-frame audio features, (F, L, D) float32."""
     return load_file(str(clip / "audio_features.safetensors"))["features"].float()

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from emo.conditioning.face import REGIONS, prepare_portrait  # noqa: E402
 from emo.errors import EmoError  # noqa: E402
 from emo.generation import cli as generate_cli  # noqa: E402
-from emo.generation.pipeline import GenerationOptions  # noqa: E402
+from emo.generation.pipeline import FULL_MOUTH_GUIDANCE, GenerationOptions  # noqa: E402
 from emo.ui.jobs import Cancelled, GenerationService  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,11 @@ def build_app(service: GenerationService, notice: str | None = None) -> gr.Block
                 preview_note = gr.Markdown(elem_id="preview_note")
                 # Size and strength default to the model's own (model_defaults), else 512 and 1.0; the mouth
                 # guide, when the page shows it, to full strength (the CLI's default for such a model).
-                model_defaults = {**generate_cli.fallback(), "mouth_guidance": 1.0, **service.pipe.defaults}
+                model_defaults = {
+                    **generate_cli.fallback(),
+                    "mouth_guidance": FULL_MOUTH_GUIDANCE,
+                    **service.pipe.defaults,
+                }
                 portrait_widgets = [
                     option_widget(flags[name], model_defaults.get(name)) for name in PORTRAIT_OPTIONS
                 ]
