@@ -35,10 +35,15 @@ from emo.training.checkpoints import (
 log = logging.getLogger(__name__)
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether `path` is an export directory (the EMO layout) rather than a run or one of its checkpoints."""
+    return (Path(path) / "emo.json").is_file()
+
+
 def load_trained_model(path: str | Path, use_ema: bool = True):
     """The network of an export directory (EMO layout), a run directory or one of its checkpoints."""
     path = Path(path)
-    if (path / "emo.json").is_file():
+    if is_export(path):
         return EMO.from_pretrained(path)
     checkpoint = resolve_checkpoint(path)
     run_dir = checkpoint.parent.parent
@@ -74,7 +79,7 @@ def export(
     model = load_trained_model(path, use_ema=use_ema)
     config = None
     front_end = recorded_front_end(path)
-    if not (Path(path) / "emo.json").is_file():
+    if not is_export(path):
         run_dir = resolve_checkpoint(path).parent.parent
         if (run_dir / RUN_CONFIG).is_file():
             config = json.loads((run_dir / RUN_CONFIG).read_text())
@@ -122,7 +127,7 @@ def recorded_front_end(path: str | Path) -> dict | None:
     `data.dataset`, relative to where the run was started).
     """
     path = Path(path)
-    if (path / "emo.json").is_file():
+    if is_export(path):
         return read_front_end_record(path / FRONT_END_RECORD)
     run_dir = resolve_checkpoint(path).parent.parent
     if (run_dir / FRONT_END_RECORD).is_file():
