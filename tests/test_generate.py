@@ -17,7 +17,7 @@ import torch
 
 from emo.errors import EmoError
 from emo.generation.pipeline import EMOPipeline, GenerationOptions, clip_window
-from emo.media import iter_video_frames, load_audio, probe_video
+from emo.media import VideoWriter, iter_video_frames, load_audio, probe_video
 from emo.sampling import guidance_plan, sample, steps_run
 from emo.tiny import save_tiny_weights
 
@@ -690,6 +690,24 @@ def test_cli_missing_input_creates_no_output_folder(weights, tmp_path, emo_gener
     )
     assert done.returncode == 2 and "none.wav" in done.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_an_output_not_named_as_a_video_fails_before_the_work(weights, short_audio, tmp_path, emo_generate):
+    out = tmp_path / "new" / "o.txt"
+    done = emo_generate(
+        "--weights", weights, "--image", PORTRAIT, "--audio", short_audio, "--out", out, "--quiet"
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert (
+        lines[0]
+        == f"emo: error: {out}: the video is written as mp4 or mov; name it e.g. {out.with_suffix('.mp4')}"
+    )
+    assert not (tmp_path / "new").exists()
+    # The writer itself keeps the rule for every other caller; .mov is the other container it makes.
+    with pytest.raises(EmoError, match="name it e.g."):
+        VideoWriter(tmp_path / "clip.avi", fps=10, width=32, height=32)
+    VideoWriter(tmp_path / "clip.mov", fps=10, width=32, height=32)
 
 
 @pytest.mark.parametrize("kind", ["image", "audio"])

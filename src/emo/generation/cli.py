@@ -1,7 +1,7 @@
 """Generate a talking/singing portrait video from one image and an audio track.
 
 examples:
-  emo generate --image examples/portrait.jpg --audio examples/speech.wav --out demo.mp4   # the shipped model, once one ships
+  emo generate --image examples/anchor_portrait.jpg --audio examples/anchor_speech.wav --out demo.mp4   # the shipped small model
   emo generate --preset tiny --image examples/portrait.jpg --audio examples/speech.wav --out noise.mp4
   emo generate --weights ckpt/ --image me.png --audio song.mp3 --out me.mp4 --speed 1.1 --region wide
   emo generate --weights ckpt/ --batch jobs.json        # [{"image": .., "audio": .., "out": .., "seed": 0}, ..]
@@ -24,7 +24,7 @@ from pathlib import Path
 from emo.assets import SHIPPED_MODELS
 from emo.devices import resolve_device
 from emo.errors import EmoError
-from emo.media import check_output
+from emo.media import check_video_output
 
 HELP = "portrait + audio -> talking/singing mp4"
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ def run(args) -> int:
             for key in ("image", "audio"):
                 if not Path(job[key]).is_file():
                     raise EmoError(f"{key} file not found: {job[key]}")
-            check_output(job["out"], args.overwrite)
+            check_video_output(job["out"], args.overwrite)
         except EmoError as exc:
             raise EmoError(f"--batch {args.batch}: job {i}: {exc}" if args.batch else str(exc)) from None
         options.append(opts)

@@ -39,7 +39,7 @@ from emo.conditioning.face import Box, box_mask, parse_region, prepare_portrait
 from emo.conditioning.mouth import MOUTH_GUIDE, MouthGuide, open_mouth
 from emo.conditioning.windows import window
 from emo.errors import EmoError
-from emo.media import VideoWriter, check_output, load_audio, num_frames_for
+from emo.media import VideoWriter, check_video_output, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
 from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample, steps_run
 from emo.tiny import tiny_audio_model, tiny_emo, tiny_vae
@@ -351,7 +351,7 @@ class EMOPipeline:
         """
         opts.validate()
         start = time.perf_counter()
-        out_path = check_output(out_path, overwrite)  # before the long work: nothing is created yet
+        out_path = check_video_output(out_path, overwrite)  # before the long work: nothing is created yet
         # The portrait first: a portrait without a face fails before the (long) wav2vec2 pass.
         portrait = self.prepare_portrait(image_path, opts)
         waveform, features = self.prepare_audio(audio_path, opts)  # (F, L, D)

@@ -25,8 +25,10 @@ from emo.media.files import (
 )
 from emo.media.images import image_to_rgb, load_image, save_image
 from emo.media.video import (
+    VIDEO_SUFFIXES,
     VideoInfo,
     VideoWriter,
+    check_video_output,
     iter_video_frames,
     num_frames_for,
     probe_video,
@@ -36,12 +38,14 @@ from emo.media.video import (
 __all__ = [
     "AUDIO_FORMATS",
     "USER_WRITE_ERRNOS",
+    "VIDEO_SUFFIXES",
     "VideoInfo",
     "VideoWriter",
     "WriteError",
     "atomic_path",
     "atomic_write_bytes",
     "check_output",
+    "check_video_output",
     "image_to_rgb",
     "iter_video_frames",
     "load_audio",

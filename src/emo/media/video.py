@@ -16,6 +16,7 @@ import numpy as np
 from emo.errors import EmoError
 from emo.media.files import (
     check_input,
+    check_output,
     decode_reason,
     open_container,
     prepare_output,
@@ -170,6 +171,19 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
 # --------------------------------------------------------------------------------------------------
 
 
+# The containers VideoWriter makes; the file's suffix picks one.
+VIDEO_SUFFIXES = (".mp4", ".mov")
+
+
+def check_video_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """:func:`check_output` for a video: its name must also end in a container the writer makes, so that
+    `--out clip.txt` fails now, not as an mp4 by another name after the long work."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise EmoError(f"{path}: the video is written as mp4 or mov; name it e.g. {path.with_suffix('.mp4')}")
+    return check_output(path, overwrite)
+
+
 class VideoWriter:
     """Stream RGB frames into an H.264 (yuv420p) mp4, with optional AAC audio, written atomically.
 
@@ -204,7 +218,7 @@ class VideoWriter:
     ):
         if fps <= 0 or width <= 0 or height <= 0:
             raise ValueError(f"fps, width and height must be positive, got {fps}, {width}, {height}")
-        self.path = prepare_output(path, overwrite)
+        self.path = prepare_output(check_video_output(path, overwrite), overwrite)
         self.fps = fps
         self.frame_width, self.frame_height = int(width), int(height)
         self.width, self.height = (
