@@ -690,6 +690,11 @@ def test_cli_missing_input_creates_no_output_folder(weights, tmp_path, emo_gener
     )
     assert done.returncode == 2 and "none.wav" in done.stderr
     assert not (tmp_path / "new").exists()
+    done = emo_generate(
+        "--weights", weights, "--image", PORTRAIT, "--audio", tmp_path, "--out", out, "--quiet"
+    )
+    assert done.returncode == 2 and done.stderr.strip() == f"emo: error: audio path is not a file: {tmp_path}"
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_output_not_named_as_a_video_fails_before_the_work(weights, short_audio, tmp_path, emo_generate):

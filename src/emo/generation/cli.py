@@ -24,7 +24,7 @@ from pathlib import Path
 from emo.assets import SHIPPED_MODELS
 from emo.devices import resolve_device
 from emo.errors import EmoError
-from emo.media import check_video_output
+from emo.media import check_input, check_video_output
 
 HELP = "portrait + audio -> talking/singing mp4"
 log = logging.getLogger(__name__)
@@ -351,8 +351,7 @@ def run(args) -> int:
             opts.validate()
             # Inputs before outputs, and nothing created yet: a job with a missing input leaves no folder.
             for key in ("image", "audio"):
-                if not Path(job[key]).is_file():
-                    raise EmoError(f"{key} file not found: {job[key]}")
+                check_input(job[key], key)
             check_video_output(job["out"], args.overwrite)
         except EmoError as exc:
             raise EmoError(f"--batch {args.batch}: job {i}: {exc}" if args.batch else str(exc)) from None
