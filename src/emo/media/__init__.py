@@ -26,7 +26,7 @@ from emo.media.files import (
 )
 from emo.media.images import image_to_rgb, load_image, save_image
 from emo.media.video import (
-    VIDEO_SUFFIXES,
+    WRITTEN_VIDEO_SUFFIXES,
     VideoInfo,
     VideoWriter,
     check_video_output,
@@ -39,9 +39,9 @@ from emo.media.video import (
 __all__ = [
     "AUDIO_FORMATS",
     "USER_WRITE_ERRNOS",
-    "VIDEO_SUFFIXES",
     "VideoInfo",
     "VideoWriter",
+    "WRITTEN_VIDEO_SUFFIXES",
     "WriteError",
     "atomic_path",
     "atomic_write_bytes",

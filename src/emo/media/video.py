@@ -172,14 +172,14 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
 
 
 # The containers VideoWriter makes; the file's suffix picks one.
-VIDEO_SUFFIXES = (".mp4", ".mov")
+WRITTEN_VIDEO_SUFFIXES = (".mp4", ".mov")
 
 
 def check_video_output(path: str | os.PathLike, overwrite: bool) -> Path:
     """:func:`check_output` for a video: its name must also end in a container the writer makes, so that
     `--out clip.txt` fails now, not as an mp4 by another name after the long work."""
     path = Path(path)
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
+    if path.suffix.lower() not in WRITTEN_VIDEO_SUFFIXES:
         raise EmoError(f"{path}: the video is written as mp4 or mov; name it e.g. {path.with_suffix('.mp4')}")
     return check_output(path, overwrite)
 
