@@ -175,13 +175,18 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
 WRITTEN_VIDEO_SUFFIXES = (".mp4", ".mov")
 
 
-def check_video_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """:func:`check_output` for a video: its name must also end in a container the writer makes, so that
-    `--out clip.txt` fails now, not as an mp4 by another name after the long work."""
+def _check_video_name(path: str | os.PathLike) -> Path:
+    """A video's name must end in a container the writer makes, so that `--out clip.txt` fails, not writes an
+    mp4 by another name."""
     path = Path(path)
     if path.suffix.lower() not in WRITTEN_VIDEO_SUFFIXES:
         raise EmoError(f"{path}: the video is written as mp4 or mov; name it e.g. {path.with_suffix('.mp4')}")
-    return check_output(path, overwrite)
+    return path
+
+
+def check_video_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """:func:`check_output` for a video (its name too): for callers that check before the long work."""
+    return check_output(_check_video_name(path), overwrite)
 
 
 class VideoWriter:
@@ -218,7 +223,7 @@ class VideoWriter:
     ):
         if fps <= 0 or width <= 0 or height <= 0:
             raise ValueError(f"fps, width and height must be positive, got {fps}, {width}, {height}")
-        self.path = prepare_output(check_video_output(path, overwrite), overwrite)
+        self.path = prepare_output(_check_video_name(path), overwrite)
         self.fps = fps
         self.frame_width, self.frame_height = int(width), int(height)
         self.width, self.height = (
