@@ -1,7 +1,7 @@
 """What the trained `small` model learned, measured on the held-out clips it never trained on (issue 12).
 
     python scripts/evaluate_small.py WEIGHTS DATA_DIR OUT [--seconds 6] [--sampler ddim] [--steps 40]
-        [--audio-guidance S]
+        [--audio-guidance S] [--audio-guidance-region frame|mouth] [--mouth-guidance M]
 
 WEIGHTS: an `emo train export` folder. DATA_DIR: the preprocessed data of scripts/train_small.sh
 (WORK_DIR/data/small), with val_known/ (the last 10 s of the three long clips: people the model knows, speech it
@@ -41,6 +41,7 @@ from emo.data import manifest as mf
 from emo.data.clips import AUDIO, META, read_frames, write_audio
 from emo.eval.evaluate import EvalConfig, evaluate, find_pairs
 from emo.eval.mouth import band_loudness, mouth_audio_correlation, mouth_opening
+from emo.generation import AUDIO_GUIDANCE_REGIONS
 from emo.generation.pipeline import EMOPipeline, GenerationOptions
 from emo.media import iter_video_frames, load_audio, write_video
 
@@ -92,6 +93,7 @@ def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args, audio: np.nd
         seed=0,
         strength=args.strength_used,
         audio_guidance=args.audio_guidance_used,
+        audio_guidance_region=args.audio_guidance_region_used,
         mouth_guidance=args.mouth_guidance,
     )
     pipe.generate(audio_path, audio_path, out, opts, overwrite=True, progress=False)
@@ -197,6 +199,11 @@ def main() -> None:
     parser.add_argument("--strength", type=float, help="default: the model's own (its generation.json)")
     parser.add_argument("--audio-guidance", type=float, help="default: the model's own, else 1.0 (off)")
     parser.add_argument(
+        "--audio-guidance-region",
+        choices=AUDIO_GUIDANCE_REGIONS,
+        help="default: the model's own, else frame",
+    )
+    parser.add_argument(
         "--mouth-guidance",
         type=float,
         help="default: the model's mouth guide at full strength, if it has one",
@@ -208,9 +215,13 @@ def main() -> None:
     args.audio_guidance_used = (
         args.audio_guidance if args.audio_guidance is not None else pipe.defaults.get("audio_guidance", 1.0)
     )
+    args.audio_guidance_region_used = args.audio_guidance_region or pipe.defaults.get(
+        "audio_guidance_region", "frame"
+    )
     results: dict = {"weights": str(args.weights), "seconds": args.seconds, "sampler": args.sampler,
                      "steps": args.steps, "strength": args.strength_used,
-                     "audio_guidance": args.audio_guidance_used, "mouth_guidance": args.mouth_guidance,
+                     "audio_guidance": args.audio_guidance_used,
+                     "audio_guidance_region": args.audio_guidance_region_used, "mouth_guidance": args.mouth_guidance,
                      "mouth_guide": pipe.mouth_guide is not None, "groups": {}}  # fmt: skip
     strip, plots = [], []
     for group, what in GROUPS.items():

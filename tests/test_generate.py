@@ -15,10 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from emo.conditioning.face import lower_face_mask
 from emo.errors import EmoError
 from emo.generation.pipeline import EMOPipeline, GenerationOptions, clip_window
 from emo.media import VideoWriter, iter_video_frames, load_audio, probe_video
-from emo.sampling import guidance_plan, sample, steps_run
+from emo.sampling import combine_guidance, guidance_plan, sample, steps_run
 from emo.tiny import save_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,46 @@ def test_guidance_plan_combines_as_documented():
             )
         assert torch.allclose(got, expected)
     assert guidance_plan(1.0, 1.0)[0] == [(True, True)]  # guidance off costs one pass
+    # With a region, the audio scale holds inside it; outside, the audio acts as trained (scale 1).
+    region = torch.tensor([[1.0, 0.0]])  # (h, w) = (1, 2)
+    for s_ref in (1.0, 2.0):
+        passes, weights = guidance_plan(s_ref, 3.0, region)
+        got = sum(w * eps[p] for p, w in zip(passes, weights))
+        guided, plain = (sum(w * eps[p] for p, w in zip(*guidance_plan(s_ref, a))) for a in (3.0, 1.0))
+        assert torch.allclose(got, torch.cat([guided, plain])[None])
+
+
+def test_audio_guidance_over_the_mouth_leaves_the_rest_of_the_frame_unguided(pipe, short_audio, tmp_path):
+    """--audio-guidance-region mouth: the first guided prediction is the unguided one outside the lower face
+    (lower_face_mask around the portrait's mouth), and differs inside it."""
+    from dataclasses import replace
+
+    import emo.generation.pipeline as pipeline
+
+    class FirstPrediction(Exception):
+        pass
+
+    def first_prediction(**changes) -> torch.Tensor:
+        def stop(eps, weights):
+            raise FirstPrediction(combine_guidance(eps, weights))
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pipeline, "combine_guidance", stop)
+            with pytest.raises(FirstPrediction) as caught:
+                opts = replace(FAST, **changes)
+                pipe.generate(PORTRAIT, short_audio, tmp_path / "o.mp4", opts, progress=False)
+        return caught.value.args[0][0]  # (f, C, h, w)
+
+    plain = first_prediction()
+    mouth = first_prediction(audio_guidance=3.0, audio_guidance_region="mouth")
+    frame = first_prediction(audio_guidance=3.0, audio_guidance_region="frame")
+    portrait = pipe.prepare_portrait(PORTRAIT, FAST)
+    region = torch.from_numpy(lower_face_mask(portrait.mouth_box, *plain.shape[-2:])).bool()
+    assert 0 < region.sum() < region.numel() / 2  # the lower face, not the frame
+    assert torch.allclose(mouth[..., ~region], plain[..., ~region], atol=1e-5)
+    assert torch.allclose(mouth[..., region], frame[..., region], atol=1e-5)
+    assert not torch.allclose(mouth[..., region], plain[..., region], atol=1e-3)
+    assert not torch.allclose(frame[..., ~region], plain[..., ~region], atol=1e-3)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
@@ -420,6 +461,7 @@ def test_portrait_is_read_before_the_audio(pipe, short_audio, tmp_path):
         (dict(region="70,0,90,20"), "outside the 64² crop"),
         (dict(region="0,64,10,80"), "outside the 64² crop"),
         (dict(seed=2**64), "--seed"),
+        (dict(audio_guidance_region="lips"), "--audio-guidance-region must be one of frame, mouth"),
     ],
 )
 def test_options_are_checked(changes, message):
@@ -512,8 +554,9 @@ def test_cli_end_to_end_and_batch(weights, short_audio, tmp_path, emo_generate):
     assert (tmp_path / "j1.mp4").is_file() and (tmp_path / "j2.mp4").is_file()
 
 
-def test_a_checkpoint_sets_its_own_size_and_strength_unless_given(weights, tmp_path):
-    """--size / --strength default to what the checkpoint says (training_config.json, generation.json)."""
+def test_a_checkpoint_sets_its_own_size_strength_and_guidance_unless_given(weights, tmp_path):
+    """--size, --strength and the audio guidance default to what the checkpoint says (training_config.json,
+    generation.json)."""
     import argparse
     import shutil
 
@@ -523,13 +566,33 @@ def test_a_checkpoint_sets_its_own_size_and_strength_unless_given(weights, tmp_p
     add_arguments(parser)
     own = tmp_path / "own"
     shutil.copytree(weights, own)
-    assert model_options(parser.parse_args(["--weights", str(own)])) == {"size": 512, "strength": 1.0}
+    unguided = {"audio_guidance": 1.0, "audio_guidance_region": "frame"}
+    assert model_options(parser.parse_args(["--weights", str(own)])) == {
+        "size": 512,
+        "strength": 1.0,
+        **unguided,
+    }
     (own / "training_config.json").write_text(json.dumps({"data": {"size": 96}}))
-    (own / "generation.json").write_text(json.dumps({"strength": 0.5}))
-    assert model_options(parser.parse_args(["--weights", str(own)])) == {"size": 96, "strength": 0.5}
-    given = parser.parse_args(["--weights", str(own), "--size", "64", "--strength", "0.9"])
-    assert model_options(given) == {"size": 64, "strength": 0.9}
-    assert model_options(parser.parse_args(["--preset", "tiny"])) == {"size": 512, "strength": 1.0}
+    guided = {"audio_guidance": 3.0, "audio_guidance_region": "mouth"}
+    (own / "generation.json").write_text(json.dumps({"strength": 0.5, **guided}))
+    assert model_options(parser.parse_args(["--weights", str(own)])) == {
+        "size": 96,
+        "strength": 0.5,
+        **guided,
+    }
+    given = parser.parse_args(["--weights", str(own), "--size", "64", "--strength", "0.9", "--audio-guidance",
+                               "2", "--audio-guidance-region", "frame"])  # fmt: skip
+    assert model_options(given) == {
+        "size": 64,
+        "strength": 0.9,
+        "audio_guidance": 2.0,
+        "audio_guidance_region": "frame",
+    }
+    assert model_options(parser.parse_args(["--preset", "tiny"])) == {
+        "size": 512,
+        "strength": 1.0,
+        **unguided,
+    }
     (own / "generation.json").write_text(json.dumps({"strenght": 0.5}))
     with pytest.raises(EmoError, match="unknown generation options"):
         model_options(parser.parse_args(["--weights", str(own)]))

@@ -111,24 +111,29 @@ def sample(
 Pass = tuple[bool, bool]  # (reference on, audio on)
 
 
-def guidance_plan(reference_scale: float, audio_scale: float) -> tuple[list[Pass], list[float]]:
+def guidance_plan(
+    reference_scale: float, audio_scale: float, audio_region: torch.Tensor | None = None
+) -> tuple[list[Pass], list[float | torch.Tensor]]:
     """Which (reference on, audio on) passes to batch, and how to combine their predictions.
 
     eps = e(0,0) + s_ref (e(1,0) - e(0,0)) + s_audio (e(1,1) - e(1,0)); passes whose weight would cancel are
-    skipped, so guidance at 1.0 costs nothing.
+    skipped, so guidance at 1.0 costs nothing. ``audio_region``: an (h, w) map in [0, 1] of where the audio scale
+    applies; elsewhere it is 1.0 (the audio as trained), and the weights are (h, w) maps.
     """
+    s_audio = audio_scale if audio_region is None else 1.0 + (audio_scale - 1.0) * audio_region
     if reference_scale == 1.0 and audio_scale == 1.0:
         return [(True, True)], [1.0]
     if reference_scale == 1.0:
-        return [(True, False), (True, True)], [1.0 - audio_scale, audio_scale]
+        return [(True, False), (True, True)], [1.0 - s_audio, s_audio]
     if audio_scale == 1.0:
         return [(False, True), (True, True)], [1.0 - reference_scale, reference_scale]
     return (
         [(False, False), (True, False), (True, True)],
-        [1.0 - reference_scale, reference_scale - audio_scale, audio_scale],
+        [1.0 - reference_scale, reference_scale - s_audio, s_audio],
     )
 
 
-def combine_guidance(eps: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """(P·B, ...) predictions of the plan's P passes, batched in plan order -> the guided (B, ...) one."""
+def combine_guidance(eps: torch.Tensor, weights: list[float | torch.Tensor]) -> torch.Tensor:
+    """(P·B, ..., h, w) predictions of the plan's P passes, batched in plan order -> the guided (B, ..., h, w)
+    one."""
     return sum(w * e for w, e in zip(weights, eps.chunk(len(weights)), strict=True))

@@ -24,6 +24,7 @@ from pathlib import Path
 from emo.assets import SHIPPED_MODELS
 from emo.devices import resolve_device
 from emo.errors import EmoError
+from emo.generation import AUDIO_GUIDANCE_REGIONS
 from emo.media import check_input, check_video_output
 
 HELP = "portrait + audio -> talking/singing mp4"
@@ -64,7 +65,18 @@ def add_arguments(parser) -> None:
     gen.add_argument(
         "--reference-guidance", type=float, default=1.0, help="CFG scale on the portrait (1.0 = off)"
     )
-    gen.add_argument("--audio-guidance", type=float, default=1.0, help="CFG scale on the audio (1.0 = off)")
+    gen.add_argument(
+        "--audio-guidance",
+        type=float,
+        help="CFG scale on the audio: above 1 the audio-driven motion is scaled up (1.0 = off; default: the "
+        "model's own, 1.0 where it sets none)",
+    )
+    gen.add_argument(
+        "--audio-guidance-region",
+        choices=AUDIO_GUIDANCE_REGIONS,
+        help="where the audio guidance applies: frame (everywhere) or mouth (the lower face; the rest is "
+        "denoised unguided, which keeps the face) (default: the model's own, frame where it sets none)",
+    )
     gen.add_argument(
         "--mouth-guidance",
         type=float,
@@ -266,7 +278,8 @@ def model_weights(args) -> Path:
     return Path(args.weights) if args.weights else shipped_model_dir(args.model or "small")
 
 
-MODEL_SET = ("size", "strength")  # options whose default is the model's own (model_defaults)
+# Options whose default is the model's own (model_defaults)
+MODEL_SET = ("size", "strength", "audio_guidance", "audio_guidance_region")
 
 
 def fallback() -> dict:
@@ -277,8 +290,8 @@ def fallback() -> dict:
 
 
 def model_options(args) -> dict:
-    """--size and --strength as given, else as the chosen model sets them (its model_defaults),
-    else 512 and 1.0."""
+    """MODEL_SET's options as given, else as the chosen model sets them (its model_defaults), else
+    GenerationOptions' defaults."""
     from emo.generation.pipeline import model_defaults
 
     own = {} if args.preset else model_defaults(model_weights(args))
@@ -336,7 +349,6 @@ def run(args) -> int:
         region=args.region,
         seed=args.seed,
         reference_guidance=args.reference_guidance,
-        audio_guidance=args.audio_guidance,
         mouth_guidance=args.mouth_guidance,
         fps=args.fps,
         **model_options(args),

@@ -35,10 +35,11 @@ from emo.conditioning.audio_front_end import (
     load_audio_front_end,
     read_front_end_record,
 )
-from emo.conditioning.face import Box, box_mask, parse_region, prepare_portrait
+from emo.conditioning.face import Box, box_mask, lower_face_mask, parse_region, prepare_portrait
 from emo.conditioning.mouth import MOUTH_GUIDE, MouthGuide, open_mouth
 from emo.conditioning.windows import window
 from emo.errors import EmoError
+from emo.generation import AUDIO_GUIDANCE_REGIONS
 from emo.media import VideoWriter, check_video_output, load_audio, num_frames_for
 from emo.models import EMO, Conditioning, ReferenceFeatures
 from emo.sampling import SAMPLERS, combine_guidance, guidance_plan, sample, steps_run
@@ -59,6 +60,9 @@ class GenerationOptions:
     seed: int = 0
     reference_guidance: float = 1.0  # classifier-free guidance on the reference image (1.0 = off)
     audio_guidance: float = 1.0  # classifier-free guidance on the audio (1.0 = off)
+    # Where the audio guidance applies: "frame" (everywhere) or "mouth" (the lower face, LOWER_FACE_GROWTH around
+    # the mouth; elsewhere the frame is denoised as unguided, which keeps the rest of the face intact).
+    audio_guidance_region: str = "frame"
     # How far the generated lips are moved to the opening the audio calls for (the model's mouth guide,
     # emo.conditioning.mouth): None = the model's guide at FULL_MOUTH_GUIDANCE if it has one, 0 = off.
     mouth_guidance: float | None = None
@@ -96,6 +100,11 @@ class GenerationOptions:
                 f"motion frames ({self.motion_frames}) must be <= clip frames ({self.clip_frames})",
             ),
             (self.reference_guidance >= 0 and self.audio_guidance >= 0, "guidance scales must be >= 0"),
+            (
+                self.audio_guidance_region in AUDIO_GUIDANCE_REGIONS,
+                f"--audio-guidance-region must be one of {', '.join(AUDIO_GUIDANCE_REGIONS)}, "
+                f"got {self.audio_guidance_region!r}",
+            ),
             (0 < self.strength <= 1, f"--strength must be in (0, 1], got {self.strength}"),
             (
                 self.mouth_guidance is None or 0 <= self.mouth_guidance <= 1,
@@ -301,9 +310,11 @@ class EMOPipeline:
         motion: torch.Tensor | None,
         opts: GenerationOptions,
         on_step=None,
+        audio_region: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One clip: (1, f, C, h, w) noise -> its frame latents, with one ReferenceNet pass."""
-        passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance)
+        """One clip: (1, f, C, h, w) noise -> its frame latents, with one ReferenceNet pass. ``audio_region``: the
+        (h, w) map of where the audio guidance applies (None: everywhere)."""
+        passes, weights = guidance_plan(opts.reference_guidance, opts.audio_guidance, audio_region)
         reference_variants = sorted({ref_on for ref_on, _ in passes}, reverse=True)  # True first
         images = torch.cat([reference if on else torch.zeros_like(reference) for on in reference_variants])
         motion_batch = None if motion is None else motion.expand(len(reference_variants), *motion.shape[1:])
@@ -367,6 +378,7 @@ class EMOPipeline:
         h, w = reference.shape[-2:]
         mouth_strength = self.mouth_strength(opts, portrait)
         mouth_box = torch.from_numpy(portrait.mouth_box) if mouth_strength else None
+        audio_region = self.audio_guidance_region(opts, portrait, h, w)
         generator = torch.Generator("cpu").manual_seed(opts.seed)
 
         written = 0
@@ -407,6 +419,7 @@ class EMOPipeline:
                     motion,
                     opts,
                     on_step=functools.partial(on_step, clip),
+                    audio_region=audio_region,
                 )
                 motion = latents[:, -n:].to(self.dtype) if n else None
                 keep = min(f, total - written)
@@ -422,6 +435,17 @@ class EMOPipeline:
                 bar.set_postfix(clip=f"{clip + 1}/{clips}")
         bar.close()
         return GenerationResult(out_path, written, clips, time.perf_counter() - start)
+
+    def audio_guidance_region(
+        self, opts: GenerationOptions, portrait, height: int, width: int
+    ) -> torch.Tensor | None:
+        """The (height, width) latent map of where the audio guidance applies; None: the whole frame."""
+        if opts.audio_guidance == 1.0 or opts.audio_guidance_region == "frame":
+            return None
+        if portrait.mouth_box is None:
+            log.info("no face in the portrait: the audio guidance covers the whole frame")
+            return None
+        return torch.from_numpy(lower_face_mask(portrait.mouth_box, height, width)).to(self.device)
 
     def mouth_strength(self, opts: GenerationOptions, portrait) -> float:
         """How far the mouth guide moves this video's lips (0: not at all)."""

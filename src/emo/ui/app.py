@@ -34,6 +34,7 @@ OPTIONS = (
     "seed",
     "reference_guidance",
     "audio_guidance",
+    "audio_guidance_region",
     "strength",
     "fps",
     "max_duration",
@@ -140,8 +141,9 @@ def build_app(service: GenerationService, notice: str | None = None) -> gr.Block
                     label="As the model sees it", interactive=False, height=320, elem_id="preview"
                 )
                 preview_note = gr.Markdown(elem_id="preview_note")
-                # Size and strength default to the model's own (model_defaults), else 512 and 1.0; the mouth
-                # guide, when the page shows it, to full strength (the CLI's default for such a model).
+                # Size, strength and the audio guidance default to the model's own (model_defaults), else
+                # GenerationOptions'; the mouth guide, when the page shows it, to full strength (the CLI's
+                # default for such a model).
                 model_defaults = {
                     **generate_cli.fallback(),
                     "mouth_guidance": FULL_MOUTH_GUIDANCE,

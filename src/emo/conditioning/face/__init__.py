@@ -3,7 +3,8 @@
 Public API (stable; generation, preprocessing and the dataset readers import it from here):
 
 - :class:`Box`, :func:`square_crop_box`, :func:`crop_and_resize`, :func:`box_in_crop`, :func:`center_square`
-- :func:`region_mask`, :func:`box_mask`, :func:`parse_region`, ``REGIONS``, ``REGION_HELP``, :func:`mouth_boxes`
+- :func:`region_mask`, :func:`box_mask`, :func:`parse_region`, ``REGIONS``, ``REGION_HELP``, :func:`mouth_boxes`,
+  :func:`lower_face_mask`
 - :class:`FaceAnalyzer` (``detect``, ``analyze``, ``analyze_video``), :class:`FaceObservation`
 - :class:`HeadPose`, :func:`head_pose`, :func:`rotation_speed`, :func:`euler_from_rotation`
 - :class:`Portrait`, :func:`prepare_portrait`
@@ -19,6 +20,7 @@ from emo.conditioning.face.geometry import (
     box_mask,
     center_square,
     crop_and_resize,
+    lower_face_mask,
     mouth_boxes,
     parse_region,
     region_mask,
@@ -51,6 +53,7 @@ __all__ = [
     "euler_from_rotation",
     "geodesic_angles",
     "head_pose",
+    "lower_face_mask",
     "mouth_boxes",
     "parse_region",
     "prepare_portrait",

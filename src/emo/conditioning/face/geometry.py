@@ -248,3 +248,20 @@ def mouth_boxes(landmarks: np.ndarray, size: int) -> np.ndarray:
     low, high = points.min(1), points.max(1)  # (F, 2)
     pad = MOUTH_MARGIN * (high[:, :1] - low[:, :1])  # (F, 1)
     return np.clip(np.concatenate([low - pad, high + pad], 1) / size, 0.0, 1.0).astype(np.float32)
+
+
+# Around the mouth box, in box sizes: half a box to each side and above, a whole box below (the jaw drops).
+LOWER_FACE_GROWTH = (0.5, 0.5, 0.5, 1.0)  # left, top, right, bottom
+
+
+def lower_face_mask(mouth_box: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width) float32 in {0, 1}: the cells of a height x width grid over the crop (a latent grid) whose
+    centres lie in the lower face, the (4,) ``mouth_box`` (fractions of the crop) grown by LOWER_FACE_GROWTH."""
+    x0, y0, x1, y1 = (float(v) for v in mouth_box)
+    box_w, box_h = x1 - x0, y1 - y0
+    left, top, right, bottom = LOWER_FACE_GROWTH
+    ys = (np.arange(height) + 0.5) / height
+    xs = (np.arange(width) + 0.5) / width
+    rows = (ys >= y0 - top * box_h) & (ys <= y1 + bottom * box_h)
+    cols = (xs >= x0 - left * box_w) & (xs <= x1 + right * box_w)
+    return (rows[:, None] & cols[None, :]).astype(np.float32)
