@@ -1,6 +1,6 @@
 """What the trained `small` model learned, measured on the held-out clips it never trained on (issue 12).
 
-    python scripts/evaluate_small.py WEIGHTS DATA_DIR OUT [--seconds 6] [--sampler ddim] [--steps 40]
+    python scripts/evaluate_small.py WEIGHTS DATA_DIR OUT [--seconds 6] [--sampler ddim] [--steps 40] [--seed 0]
         [--audio-guidance S] [--audio-guidance-region frame|mouth] [--mouth-guidance M]
 
 WEIGHTS: an `emo train export` folder. DATA_DIR: the preprocessed data of scripts/train_small.sh
@@ -90,7 +90,7 @@ def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args, audio: np.nd
         speed=clip.speed,
         fps=clip.fps,
         size=clip.frames.shape[1],
-        seed=0,
+        seed=args.seed,
         strength=args.strength_used,
         audio_guidance=args.audio_guidance_used,
         audio_guidance_region=args.audio_guidance_region_used,
@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds of each held-out clip")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0, help="the noise of every clip (default 0)")
     parser.add_argument("--strength", type=float, help="default: the model's own (its generation.json)")
     parser.add_argument("--audio-guidance", type=float, help="default: the model's own, else 1.0 (off)")
     parser.add_argument(
@@ -219,7 +220,7 @@ def main() -> None:
         "audio_guidance_region", "frame"
     )
     results: dict = {"weights": str(args.weights), "seconds": args.seconds, "sampler": args.sampler,
-                     "steps": args.steps, "strength": args.strength_used,
+                     "steps": args.steps, "seed": args.seed, "strength": args.strength_used,
                      "audio_guidance": args.audio_guidance_used,
                      "audio_guidance_region": args.audio_guidance_region_used, "mouth_guidance": args.mouth_guidance,
                      "mouth_guide": pipe.mouth_guide is not None, "groups": {}}  # fmt: skip
