@@ -42,6 +42,7 @@ from emo.data.clips import AUDIO, META, read_frames, write_audio
 from emo.eval.evaluate import EvalConfig, evaluate, find_pairs
 from emo.eval.mouth import band_loudness, mouth_audio_correlation, mouth_opening
 from emo.generation import AUDIO_GUIDANCE_REGIONS
+from emo.generation.cli import fallback
 from emo.generation.pipeline import EMOPipeline, GenerationOptions
 from emo.media import iter_video_frames, load_audio, write_video
 
@@ -91,9 +92,7 @@ def generate(pipe: EMOPipeline, clip: HeldOutClip, out: Path, args, audio: np.nd
         fps=clip.fps,
         size=clip.frames.shape[1],
         seed=args.seed,
-        strength=args.strength_used,
-        audio_guidance=args.audio_guidance_used,
-        audio_guidance_region=args.audio_guidance_region_used,
+        **args.model_set,
         mouth_guidance=args.mouth_guidance,
     )
     pipe.generate(audio_path, audio_path, out, opts, overwrite=True, progress=False)
@@ -212,17 +211,12 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = EMOPipeline.from_weights(args.weights)
-    args.strength_used = args.strength if args.strength is not None else pipe.defaults.get("strength", 1.0)
-    args.audio_guidance_used = (
-        args.audio_guidance if args.audio_guidance is not None else pipe.defaults.get("audio_guidance", 1.0)
-    )
-    args.audio_guidance_region_used = args.audio_guidance_region or pipe.defaults.get(
-        "audio_guidance_region", "frame"
-    )
+    # As `emo generate` resolves them: given, else the model's own (generation.json), else GenerationOptions'
+    own = {**fallback(), **pipe.defaults}
+    model_set = ("strength", "audio_guidance", "audio_guidance_region")  # the size is each clip's own
+    args.model_set = {k: own[k] if getattr(args, k) is None else getattr(args, k) for k in model_set}
     results: dict = {"weights": str(args.weights), "seconds": args.seconds, "sampler": args.sampler,
-                     "steps": args.steps, "seed": args.seed, "strength": args.strength_used,
-                     "audio_guidance": args.audio_guidance_used,
-                     "audio_guidance_region": args.audio_guidance_region_used, "mouth_guidance": args.mouth_guidance,
+                     "steps": args.steps, "seed": args.seed, **args.model_set, "mouth_guidance": args.mouth_guidance,
                      "mouth_guide": pipe.mouth_guide is not None, "groups": {}}  # fmt: skip
     strip, plots = [], []
     for group, what in GROUPS.items():
