@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from emo.media import (
     load_image,
     num_frames_for,
     probe_video,
+    replace_folder,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -249,6 +252,33 @@ def test_atomic_write_bytes(tmp_path):
     with pytest.raises(EmoError, match="exists"):
         atomic_write_bytes(path, b"x", overwrite=False)
     assert [p.name for p in path.parent.iterdir()] == ["data.json"]
+
+
+def test_replace_folder_keeps_the_old_folder_until_the_new_one_is_in(tmp_path, monkeypatch):
+    final, new = tmp_path / "model", tmp_path / ".model.tmp"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    new.mkdir()
+    (new / "weights").write_text("new")
+    real_replace = os.replace
+
+    def fail_into_final(src, dst):
+        if Path(src) == new:
+            raise OSError(errno.EXDEV, "simulated failure")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_final)
+    with pytest.raises(OSError, match="simulated"):
+        replace_folder(new, final)
+    assert (final / "weights").read_text() == "old"  # put back
+    monkeypatch.setattr(os, "replace", real_replace)
+    replace_folder(new, final)
+    assert (final / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing set aside is left
+    other = tmp_path / ".other"
+    other.mkdir()
+    replace_folder(other, tmp_path / "fresh")  # nothing there yet: a plain rename
+    assert (tmp_path / "fresh").is_dir() and not other.exists()
 
 
 # -- every image mode Pillow opens ---------------------------------------------------------------------

@@ -650,6 +650,10 @@ def test_export_writes_what_generate_reads(assets, runs, tmp_path):
     pipe = EMOPipeline.from_weights(out)  # vae/ and wav2vec2/ found inside the directory
     assert pipe.codec.latent_channels == 4
     assert main(["train", "export", str(runs[3]), "--out", str(out)]) == 2  # exists, no --overwrite
+    (out / "stale").write_text("from the export before")
+    assert main(["train", "export", str(runs[3]), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "stale").exists() and (out / "emo.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]  # no temporary or set-aside folder left
 
 
 def test_cli_trains_and_resumes(assets, runs, tmp_path, capsys):

@@ -21,6 +21,7 @@ from emo.media.files import (
     atomic_write_bytes,
     check_input,
     check_output,
+    replace_folder,
     write_error,
     writing,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "atomic_write_bytes",
     "check_input",
     "check_output",
+    "replace_folder",
     "check_video_output",
     "image_to_rgb",
     "iter_video_frames",

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +127,26 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
+
+
+def replace_folder(temp: Path, final: Path) -> None:
+    """Move the finished folder ``temp`` to ``final``, replacing a folder there.
+
+    ``os.replace`` cannot rename onto a non-empty folder, and removing the old one first would leave nothing
+    at ``final`` if the rename then failed. So the old folder is renamed aside, the new one takes its name,
+    and only then is the old one removed; if the second rename fails, the old folder is put back.
+    """
+    if not final.exists():
+        os.replace(temp, final)
+        return
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+    os.replace(final, aside)
+    try:
+        os.replace(temp, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:

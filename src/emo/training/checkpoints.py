@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
 from emo.errors import EmoError
-from emo.media import writing
+from emo.media import replace_folder, writing
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
             f"{path} holds no complete checkpoint (expected {CHECKPOINTS}/step_*/{STATE} from `emo train`)"
         )
     return found[-1]
+
+
+def run_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to (RUN/checkpoints/step_N -> RUN)."""
+    return checkpoint.parent.parent
 
 
 def load_trained_parameters(model, state: dict, source) -> None:
@@ -107,10 +111,10 @@ class Checkpointer:
         if str(resume) == "auto":
             return existing[-1] if existing else None
         checkpoint = resolve_checkpoint(resume)
-        if checkpoint.parent.parent.resolve() != self.run_dir.resolve():
+        if run_of(checkpoint).resolve() != self.run_dir.resolve():
             raise EmoError(
-                f"--resume {resume} belongs to run {checkpoint.parent.parent}, not run.output_dir "
-                f"{self.run_dir}; set run.output_dir={checkpoint.parent.parent}"
+                f"--resume {resume} belongs to run {run_of(checkpoint)}, not run.output_dir "
+                f"{self.run_dir}; set run.output_dir={run_of(checkpoint)}"
             )
         return checkpoint
 
@@ -173,9 +177,7 @@ class Checkpointer:
                 }
                 # Written last: it marks the checkpoint complete.
                 (temp / STATE).write_text(json.dumps(state, indent=2))
-                if final.exists():  # rerunning a step after a resume: replace the old copy
-                    shutil.rmtree(final)
-                os.replace(temp, final)
+                replace_folder(temp, final)  # rerunning a step after a resume replaces the old copy
                 for old in list_checkpoints(self.run_dir)[: -self.keep]:
                     shutil.rmtree(old, ignore_errors=True)
                 log.info("checkpoint %s", final)

@@ -21,7 +21,7 @@ from emo.codec import SDVAECodec, TinyAutoencoderCodec, load_codec
 from emo.conditioning.audio_front_end import FRONT_END_RECORD, read_front_end_record, record_from_id
 from emo.data.dataset_config import dataset_front_end
 from emo.errors import EmoError
-from emo.media import writing
+from emo.media import replace_folder, writing
 from emo.models import EMO
 from emo.training.checkpoints import (
     BASE,
@@ -30,6 +30,7 @@ from emo.training.checkpoints import (
     TRAINABLE,
     load_trained_parameters,
     resolve_checkpoint,
+    run_of,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def load_trained_model(path: str | Path, use_ema: bool = True):
     if is_export(path):
         return EMO.from_pretrained(path)
     checkpoint = resolve_checkpoint(path)
-    run_dir = checkpoint.parent.parent
+    run_dir = run_of(checkpoint)
     if not (run_dir / BASE / "emo.json").is_file():
         raise EmoError(f"{run_dir} has no {BASE}/ network (the run directory is incomplete)")
     model = EMO.from_pretrained(run_dir / BASE)
@@ -80,7 +81,7 @@ def export(
     config = None
     front_end = recorded_front_end(path)
     if not is_export(path):
-        run_dir = resolve_checkpoint(path).parent.parent
+        run_dir = run_of(resolve_checkpoint(path))
         if (run_dir / RUN_CONFIG).is_file():
             config = json.loads((run_dir / RUN_CONFIG).read_text())
             codec = codec or config.get("codec")
@@ -110,9 +111,7 @@ def export(
                 shutil.copytree(audio_encoder, temp / "wav2vec2")
             if config is not None:
                 (temp / "training_config.json").write_text(json.dumps(config, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(temp, out)
+            replace_folder(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -129,7 +128,7 @@ def recorded_front_end(path: str | Path) -> dict | None:
     path = Path(path)
     if is_export(path):
         return read_front_end_record(path / FRONT_END_RECORD)
-    run_dir = resolve_checkpoint(path).parent.parent
+    run_dir = run_of(resolve_checkpoint(path))
     if (run_dir / FRONT_END_RECORD).is_file():
         return read_front_end_record(run_dir / FRONT_END_RECORD)
     try:
