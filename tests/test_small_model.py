@@ -208,3 +208,54 @@ def test_a_dataset_of_another_audio_front_end_is_refused(dataset, stage1_run, tm
     )
     with pytest.raises(EmoError, match="different front-ends"):
         Trainer(mixed).fit()
+
+
+def test_pool_seeds_pools_clip_draws_of_one_model_and_refuses_a_mix(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent.parent / "scripts" / "pool_seeds.py"
+    weights = tmp_path / "model"
+    weights.mkdir()
+
+    def results_file(seed: int, gains: dict, audio_guidance: float = 3.0) -> Path:
+        groups = {
+            group: {
+                "generated": {"psnr": 20.0 + seed, "ssim": 0.6},
+                "audio_swap": {"gain": float(np.mean(g)), "per_video": [{"gain": x} for x in g]},
+            }
+            for group, g in gains.items()
+        }
+        path = tmp_path / f"seed{seed}_{audio_guidance}.json"
+        settings = {
+            "seconds": 10.0,
+            "steps": 20,
+            "audio_guidance": audio_guidance,
+            "audio_guidance_region": "mouth",
+        }
+        path.write_text(json.dumps({"weights": str(weights), "seed": seed, **settings, "groups": groups}))
+        return path
+
+    a = results_file(0, {"known": [0.3, -0.1], "unseen": [0.2, 0.0]})
+    b = results_file(1, {"known": [0.1, 0.1], "unseen": [-0.2, 0.2]})
+    out = tmp_path / "pooled.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(a), str(b), "--json", str(out)], capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    pooled = json.loads(out.read_text())
+    everything = [0.3, -0.1, 0.2, 0.0, 0.1, 0.1, -0.2, 0.2]
+    assert pooled["all"]["gain"] == pytest.approx(np.mean(everything))
+    assert pooled["all"]["se"] == pytest.approx(np.std(everything, ddof=1) / np.sqrt(8))
+    assert pooled["all"]["positive"] == 5 and pooled["all"]["draws"] == 8
+    assert pooled["groups"]["known"]["gain"] == pytest.approx(0.1)
+    assert pooled["groups"]["known"]["per_seed"] == pytest.approx([0.1, 0.1])
+    assert pooled["groups"]["unseen"]["psnr"] == pytest.approx(20.5)
+
+    other_setting = results_file(2, {"known": [0.0], "unseen": [0.0]}, audio_guidance=1.0)
+    done = subprocess.run(
+        [sys.executable, str(script), str(a), str(other_setting)], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "differ in audio_guidance" in done.stderr
+    done = subprocess.run([sys.executable, str(script), str(a), str(a)], capture_output=True, text=True)
+    assert done.returncode != 0 and "seeds repeat" in done.stderr
