@@ -80,7 +80,13 @@ def summary(gains: list[float]) -> dict:
 
 
 def pool(runs: list[dict]) -> dict:
-    pooled = {"seeds": [seed_of(run) for run in runs], "groups": {}}
+    settings = {key: next((run[key] for run in runs if run.get(key) is not None), None) for key in SAME}
+    pooled = {
+        "weights": runs[0]["weights"],
+        **settings,
+        "seeds": [seed_of(run) for run in runs],
+        "groups": {},
+    }
     everything = []
     for group in runs[0]["groups"]:
         gains = [clip["gain"] for run in runs for clip in run["groups"][group]["audio_swap"]["per_video"]]
