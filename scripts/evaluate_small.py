@@ -42,7 +42,7 @@ from emo.data.clips import AUDIO, META, read_frames, write_audio
 from emo.eval.evaluate import EvalConfig, evaluate, find_pairs
 from emo.eval.mouth import band_loudness, mouth_audio_correlation, mouth_opening
 from emo.generation import AUDIO_GUIDANCE_REGIONS
-from emo.generation.cli import fallback
+from emo.generation.cli import model_options
 from emo.generation.pipeline import EMOPipeline, GenerationOptions
 from emo.media import iter_video_frames, load_audio, write_video
 
@@ -211,10 +211,10 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = EMOPipeline.from_weights(args.weights)
-    # As `emo generate` resolves them: given, else the model's own (generation.json), else GenerationOptions'
-    own = {**fallback(), **pipe.defaults}
-    model_set = ("strength", "audio_guidance", "audio_guidance_region")  # the size is each clip's own
-    args.model_set = {k: own[k] if getattr(args, k) is None else getattr(args, k) for k in model_set}
+    # Resolved by emo generate's own rule: given, else the model's own (generation.json), else GenerationOptions'.
+    # The size is each clip's own, so it is not taken from there.
+    as_generate = argparse.Namespace(**vars(args), preset=None, model=None, size=None)
+    args.model_set = {k: v for k, v in model_options(as_generate).items() if k != "size"}
     results: dict = {"weights": str(args.weights), "seconds": args.seconds, "sampler": args.sampler,
                      "steps": args.steps, "seed": args.seed, **args.model_set, "mouth_guidance": args.mouth_guidance,
                      "mouth_guide": pipe.mouth_guide is not None, "groups": {}}  # fmt: skip
