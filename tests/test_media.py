@@ -279,6 +279,12 @@ def test_replace_folder_keeps_the_old_folder_until_the_new_one_is_in(tmp_path, m
     other.mkdir()
     replace_folder(other, tmp_path / "fresh")  # nothing there yet: a plain rename
     assert (tmp_path / "fresh").is_dir() and not other.exists()
+    a_file, folder = tmp_path / "was_a_file", tmp_path / ".folder"
+    a_file.write_text("old")
+    folder.mkdir()
+    replace_folder(folder, a_file)  # a file in the way is replaced too, and not left behind set aside
+    assert a_file.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "model", "was_a_file"]
 
 
 # -- every image mode Pillow opens ---------------------------------------------------------------------

@@ -146,7 +146,10 @@ def replace_folder(temp: Path, final: Path) -> None:
     except BaseException:
         os.replace(aside, final)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:  # a file stood where the folder goes (--overwrite)
+        aside.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
