@@ -17,6 +17,7 @@ from emo.errors import EmoError
 from emo.media import (
     VideoWriter,
     atomic_write_bytes,
+    check_output,
     iter_video_frames,
     load_audio,
     load_image,
@@ -252,6 +253,17 @@ def test_atomic_write_bytes(tmp_path):
     with pytest.raises(EmoError, match="exists"):
         atomic_write_bytes(path, b"x", overwrite=False)
     assert [p.name for p in path.parent.iterdir()] == ["data.json"]
+
+
+def test_check_output_tries_a_real_file_and_leaves_none(tmp_path):
+    """The up-front check creates a file where the output goes rather than trusting the mode bits, which say
+    yes to root even on /proc, where the write fails only after the long work; it leaves nothing behind."""
+    assert check_output(tmp_path / "new" / "o.mp4", overwrite=False) == tmp_path / "new" / "o.mp4"
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(
+        EmoError, match=r"cannot write /proc/o\.mp4"
+    ):  # no file can be made there, even by root
+        check_output("/proc/o.mp4", overwrite=True)
 
 
 def test_replace_folder_keeps_the_old_folder_until_the_new_one_is_in(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def temp_sibling(path: Path) -> Path:
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail now (before any long work) if ``path`` cannot be written; creates nothing. The one home of the
+    """Fail now (before any long work) if ``path`` cannot be written; leaves nothing behind. The one home of the
     "exists; pass --overwrite" rule."""
     path = Path(path)
     if path.exists() and not overwrite:
@@ -93,7 +94,23 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
         raise EmoError(f"cannot create the output folder {path.parent}: {existing} is not a folder")
     if not os.access(existing, os.W_OK):
         raise EmoError(f"cannot write {path}: folder {existing} is not writable")
+    _probe_folder(existing, path)
     return path
+
+
+def _probe_folder(folder: Path, path: Path) -> None:
+    # os.access answers from the mode bits, and yes to root everywhere: a pseudo-filesystem such as /proc
+    # or a folder a security module guards would pass it and fail only when the output is written, after
+    # the long work. Creating (and at once removing) a file is the one real test.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".emo-write-probe-", dir=folder)
+    except OSError as exc:
+        raise EmoError(
+            f"cannot write {path}: cannot create a file in {folder} ({exc.strerror or exc})"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
