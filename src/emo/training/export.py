@@ -77,11 +77,14 @@ def export(
     out = Path(out)
     if out.exists() and not overwrite:  # a folder: check_output's file rules do not apply
         raise EmoError(f"{out} exists; pass --overwrite to replace it")
-    model = load_trained_model(path, use_ema=use_ema)
+    # A run directory is resolved to its latest checkpoint once, so the network, its front-end record and its
+    # config all come from the same checkpoint even while the run is still writing new ones.
+    source = Path(path) if is_export(path) else resolve_checkpoint(path)
+    model = load_trained_model(source, use_ema=use_ema)
     config = None
-    front_end = recorded_front_end(path)
-    if not is_export(path):
-        run_dir = run_of(resolve_checkpoint(path))
+    front_end = recorded_front_end(source)
+    if not is_export(source):
+        run_dir = run_of(source)
         if (run_dir / RUN_CONFIG).is_file():
             config = json.loads((run_dir / RUN_CONFIG).read_text())
             codec = codec or config.get("codec")
