@@ -260,9 +260,8 @@ def test_check_output_tries_a_real_file_and_leaves_none(tmp_path):
     yes to root even on /proc, where the write fails only after the long work; it leaves nothing behind."""
     assert check_output(tmp_path / "new" / "o.mp4", overwrite=False) == tmp_path / "new" / "o.mp4"
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(
-        EmoError, match=r"cannot write /proc/o\.mp4"
-    ):  # no file can be made there, even by root
+    # No file can be made in /proc, even by root.
+    with pytest.raises(EmoError, match=r"cannot write /proc/o\.mp4"):
         check_output("/proc/o.mp4", overwrite=True)
 
 
