@@ -296,6 +296,14 @@ def test_replace_folder_keeps_the_old_folder_until_the_new_one_is_in(tmp_path, m
     replace_folder(folder, a_file)  # a file in the way is replaced too, and not left behind set aside
     assert a_file.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "model", "was_a_file"]
+    # A link to a folder is replaced by the new folder; the link goes, the folder it pointed to stays whole.
+    link, newer = tmp_path / "link", tmp_path / ".newer"
+    link.symlink_to(final)
+    newer.mkdir()
+    replace_folder(newer, link)
+    assert link.is_dir() and not link.is_symlink()
+    assert (final / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "link", "model", "was_a_file"]
 
 
 # -- every image mode Pillow opens ---------------------------------------------------------------------

@@ -163,9 +163,9 @@ def replace_folder(temp: Path, final: Path) -> None:
     except BaseException:
         os.replace(aside, final)
         raise
-    if aside.is_dir():
+    if aside.is_dir() and not aside.is_symlink():
         shutil.rmtree(aside, ignore_errors=True)
-    else:  # a file stood where the folder goes (--overwrite)
+    else:  # a file, or a link, stood where the folder goes (--overwrite); a link's target is left alone
         aside.unlink(missing_ok=True)
 
 
